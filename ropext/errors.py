@@ -1,0 +1,8 @@
+"""The one exception type the CLI turns into a single line and a non-zero exit."""
+
+
+class RopextError(Exception):
+    """A problem with the user's input or environment, stated in one line with how to fix it.
+
+    The CLI prints ``error: <message>`` and exits with status 2; it never shows a traceback for these.
+    """

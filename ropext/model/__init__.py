@@ -1,0 +1,1 @@
+"""Loading models, reading their rotary layout, and applying a `RopeScaling` to them."""
