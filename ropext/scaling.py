@@ -96,7 +96,6 @@ class RopeScaling:
     def inv_freq(self, seq_len: int | None = None, device: Any = None) -> torch.Tensor:
         """float32 inverse frequencies for an input of ``seq_len`` tokens, computed the way transformers'
         ``longrope`` does (``1 / (λ_i · θ^(2i/d))``) so an applied model matches bit for bit."""
-        import torch
 
         return scaled_inv_freq(self.rope_theta, self.rotary_dim, self.factors_for(seq_len), device=device)
 
@@ -133,7 +132,7 @@ class RopeScaling:
         return {name: data[name] for name in YAML_KEYS}
 
     def to_yaml(self) -> str:
-        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=120)
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, width=1 << 20)
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a reader never sees a half-written file, and an old file survives a crash."""
@@ -233,8 +232,10 @@ def _validate(s: RopeScaling) -> None:
     )
     for key in ("original_max_position_embeddings", "max_position_embeddings"):
         value = getattr(s, key)
-        need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-             f"{key} must be a positive integer, got {value!r}")
+        need(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{key} must be a positive integer, got {value!r}",
+        )
     for key in ("factors", "short_factors"):
         vector = getattr(s, key)
         if vector is None:
@@ -255,8 +256,10 @@ def _validate(s: RopeScaling) -> None:
     )
     need(isinstance(s.provenance, dict), f"provenance must be a mapping, got {type(s.provenance).__name__}")
     if s.is_dynamic:
-        need(s.short_factors is None and s.start_tokens == 0,
-             "dynamic scaling is recomputed from the input length; it takes no short_factors or start_tokens")
+        need(
+            s.short_factors is None and s.start_tokens == 0,
+            "dynamic scaling is recomputed from the input length; it takes no short_factors or start_tokens",
+        )
 
 
 class _Dumper(yaml.SafeDumper):

@@ -5,7 +5,9 @@ from ropext.registry import Registry
 
 METHODS: Registry[Method] = Registry("method")
 METHODS.register("none", "ropext.methods.simple:NONE", "original RoPE, no scaling (the baseline)")
-METHODS.register("pi", "ropext.methods.simple:PI", "position interpolation: every pair divided by s", aliases=("linear",))
+METHODS.register(
+    "pi", "ropext.methods.simple:PI", "position interpolation: every pair divided by s", aliases=("linear",)
+)
 METHODS.register("ntk", "ropext.methods.simple:NTK", "static NTK-aware scaling: base θ·s^(d/(d-2))")
 METHODS.register("dynamic", "ropext.methods.dynamic:DYNAMIC", "dynamic NTK: base grows with the input length")
 METHODS.register("yarn", "ropext.methods.yarn:YARN", "YaRN: ramp from kept to interpolated pairs, attention scaled")

@@ -57,7 +57,11 @@ def parse_params(params_cls: type, pairs: Iterable[str], where: str) -> Any:
 
 
 def _convert(raw: str, hint: Any, key: str) -> Any:
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     if type(None) in options and raw.lower() in ("none", "null", ""):
         return None
     for option in options:

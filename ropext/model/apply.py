@@ -163,9 +163,7 @@ def verify_scaling(model: nn.Module, scaling: RopeScaling) -> None:
     _, layer_type = rope_dict(text_config(model.config))
     # Dynamic NTK starts from the original frequencies and changes them per input length; the others
     # hold the long vector between calls (longrope switches to short_factor per call when given).
-    if scaling.is_dynamic:
-        reference_length = scaling.original_max_position_embeddings
-    elif scaling.short_factors is not None:
+    if scaling.is_dynamic or scaling.short_factors is not None:
         reference_length = scaling.original_max_position_embeddings
     else:
         reference_length = None
@@ -183,6 +181,5 @@ def verify_scaling(model: nn.Module, scaling: RopeScaling) -> None:
             )
         if abs(float(attention) - expected_attention) > 1e-6 * expected_attention:
             raise RopextError(
-                f"applying {scaling.method} failed: {name} scales attention by {attention}, "
-                f"not {expected_attention}"
+                f"applying {scaling.method} failed: {name} scales attention by {attention}, not {expected_attention}"
             )

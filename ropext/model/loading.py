@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,6 +15,7 @@ from typing import Any
 from ropext.errors import RopextError
 from ropext.model.aliases import ALIASES, alias_path
 from ropext.model.layout import RotaryLayout, read_layout
+from ropext.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,71 @@ def _hub_errors(source: ModelSource, err: Exception) -> RopextError:
     )
 
 
+def _converted_folder(source: ModelSource) -> Path:
+    import transformers
+
+    gguf = Path(source.path) / str(source.gguf_file)
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}".encode())
+    return cache_dir() / "converted" / f"{gguf.stem}-{key.hexdigest()[:12]}"
+
+
+def materialize(source: ModelSource) -> ModelSource:
+    """A GGUF source as a cached Hugging Face folder (float32 safetensors and tokenizer).
+
+    Dequantising a GGUF file takes transformers tens of seconds on every load; the converted folder
+    loads in about a second, so the GGUF is converted once, on first use.
+    """
+    if not source.gguf_file:
+        return source
+    folder = _converted_folder(source)
+    if not (folder / "config.json").is_file():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        quiet_transformers()
+        with _status(f"converting {source.gguf_file} once to {folder}"):
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source.path, gguf_file=source.gguf_file, dtype=torch.float32
+                )
+                tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+            except (OSError, ValueError, KeyError) as err:
+                raise _hub_errors(source, err) from None
+            # The dequantised weights are plain tensors now; a saved quantization config would make
+            # transformers look for the GGUF file again.
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+    return ModelSource(source.spec, str(folder))
+
+
+def quiet_transformers() -> None:
+    """No per-tensor progress bars from transformers: ropext shows its own progress."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+@contextmanager
+def _status(message: str) -> Iterator[None]:
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
+
+
 def load_config(source: ModelSource) -> Any:
     from transformers import AutoConfig
 
+    if source.gguf_file and (_converted_folder(source) / "config.json").is_file():
+        source = materialize(source)
     try:
         return AutoConfig.from_pretrained(source.path, **source.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as err:
@@ -77,6 +146,7 @@ def load_layout(spec: str) -> tuple[ModelSource, RotaryLayout]:
 def load_tokenizer(source: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
+    source = materialize(source)
     try:
         return AutoTokenizer.from_pretrained(source.path, **source.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as err:
@@ -95,8 +165,14 @@ def resolve_dtype(name: str | None, device: str) -> Any:
 
     if name is None or name == "auto":
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "fp32": torch.float32, "float32": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+    }
     if name not in table:
         raise RopextError(f"unknown dtype {name!r}; use one of auto, bf16, fp16, fp32")
     return table[name]
@@ -106,7 +182,9 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: Any = None, attn
     """A causal LM in eval mode on ``device``; its weights must be present (GGUF is dequantised)."""
     from transformers import AutoModelForCausalLM
 
-    if source.is_local and not source.gguf_file:
+    quiet_transformers()
+    source = materialize(source)
+    if source.is_local:
         folder = Path(source.path)
         if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
             raise RopextError(

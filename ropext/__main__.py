@@ -1,0 +1,5 @@
+"""``python -m ropext`` is the ``ropext`` command."""
+
+from ropext.cli import main
+
+main()

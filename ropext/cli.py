@@ -1,0 +1,333 @@
+"""The ``ropext`` command line. Heavy imports (torch, transformers) happen inside commands, so
+``ropext --help`` and ``ropext ls`` start instantly."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ropext import __version__
+from ropext.errors import RopextError
+
+app = typer.Typer(
+    name="ropext",
+    help="Extend the context window of RoPE language models: search factors, evaluate, inspect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Evaluate a model (optionally rescaled) on long inputs.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+ModelOption = Annotated[
+    str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
+]
+FactorsOption = Annotated[Path | None, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")]
+MethodOption = Annotated[
+    str | None, typer.Option("--method", help="A closed-form method to apply instead of --factors (see `ropext ls`).")
+]
+TargetOption = Annotated[
+    str | None, typer.Option("--target-length", "-t", help="Target context for --method: 32768, 32k, 1m.")
+]
+ParamOption = Annotated[
+    list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")
+]
+DeviceOption = Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default: cuda when present.")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="Write results here after every length; rerunning resumes.")
+]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@app.command("ls")
+def list_registered() -> None:
+    """List the registered methods, searchers and tasks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ropext.evaluate import TASKS
+    from ropext.methods import METHODS
+    from ropext.registry import load_plugins
+    from ropext.search import SEARCHERS
+
+    load_plugins()
+    table = Table(show_header=True, header_style="bold")
+    for column in ("kind", "name", "aliases", "what it does"):
+        table.add_column(column)
+    for kind, registry in (("method", METHODS), ("searcher", SEARCHERS), ("task", TASKS)):
+        entries = list(registry)
+        if not entries:
+            table.add_row(kind, "-", "", "(none registered)")
+        for entry in entries:
+            table.add_row(kind, entry.name, ", ".join(entry.aliases), entry.summary)
+    Console().print(table)
+
+
+@app.command()
+def search(
+    model: ModelOption,
+    method: Annotated[str, typer.Option("--method", help="Registered method (see `ropext ls`).")],
+    target_length: Annotated[str, typer.Option("--target-length", "-t", help="Target context: 32768, 32k, 1m.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the scaling YAML.")],
+    param: ParamOption = None,
+) -> None:
+    """Produce per-pair RoPE scaling factors as YAML."""
+    from ropext.lengths import parse_length
+    from ropext.methods import METHODS
+    from ropext.model.loading import load_layout
+    from ropext.registry import load_plugins
+
+    load_plugins()
+    chosen = METHODS.get(method)  # unknown names fail before the model is touched
+    params = chosen.parse_params(param or [])
+    length = parse_length(target_length)
+    began = time.perf_counter()
+    _, layout = load_layout(model)
+    scaling = chosen.run(layout, length, params).with_provenance(
+        model=model, ropext_version=__version__, seconds=round(time.perf_counter() - began, 3)
+    )
+    scaling.save(out)
+    low, high = min(scaling.factors), max(scaling.factors)
+    typer.echo(
+        f"wrote {out}: {scaling.method} for {layout.name}, {layout.original_max_position_embeddings} -> "
+        f"{length} tokens, {len(scaling.factors)} factors in [{low:.4g}, {high:.4g}], "
+        f"attention factor {scaling.attention_factor:.4g}"
+    )
+
+
+def _prepare(
+    model: str,
+    factors: Path | None,
+    method: str | None,
+    target_length: str | None,
+    param: list[str] | None,
+    device: str | None,
+    dtype: str,
+):
+    from ropext.lengths import parse_length
+    from ropext.model.loading import load_layout
+    from ropext.model.prepared import choose_scaling, prepare_model
+    from ropext.registry import load_plugins
+
+    load_plugins()
+    if factors is not None and not factors.is_file():
+        raise RopextError(f"factors file {factors} does not exist")
+    layout = load_layout(model)
+    target = parse_length(target_length) if target_length is not None else None
+    scaling = choose_scaling(layout[1], factors, method, target, param)
+    with _console().status(f"loading {model}"):
+        prepared = prepare_model(model, scaling, device=device, dtype=dtype, layout=layout)
+    return prepared
+
+
+def _header(task: str, prepared, options: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {
+        "task": task,
+        "model": prepared.source.spec,
+        "scaling": prepared.scaling.to_dict() if prepared.scaling is not None else None,
+        "options": dataclasses.asdict(options),
+        "device": _device_name(prepared.device),
+        "dtype": str(next(prepared.model.parameters()).dtype).removeprefix("torch."),
+        "ropext_version": __version__,
+    }
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return "cpu"
+
+
+def _run_task(task: str, prepared, options: Any, json_path: Path | None) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ropext.evaluate import TASKS
+    from ropext.evaluate.progress import RichTracker
+    from ropext.results import ResultFile
+
+    store = ResultFile(json_path, _header(task, prepared, options))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_console(), transient=True) as progress:
+        tracker = RichTracker(progress, on_result=store.record)
+        results = TASKS.get(task)(prepared, options, tracker, done=store.done())
+    store.results = results
+    store.write()
+    return store.document()
+
+
+@eval_app.command("ppl")
+def eval_ppl(
+    model: ModelOption,
+    corpus: Annotated[
+        str, typer.Option(help="Files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.")
+    ],
+    lengths: Annotated[str, typer.Option(help="Comma-separated window lengths, e.g. 8k,16k,32k.")],
+    factors: FactorsOption = None,
+    method: MethodOption = None,
+    target_length: TargetOption = None,
+    param: ParamOption = None,
+    max_docs: Annotated[int, typer.Option(help="At most this many documents.")] = 10,
+    skip_docs: Annotated[int, typer.Option(help="Skip this many long-enough documents first.")] = 0,
+    mode: Annotated[str, typer.Option(help="truncate (first L tokens per document) or sliding.")] = "truncate",
+    stride: Annotated[int | None, typer.Option(help="Sliding mode: tokens between windows (default L/2).")] = None,
+    chunk_tokens: Annotated[int, typer.Option(help="Positions per chunk of the loss.")] = 4096,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "auto",
+    json_out: JsonOption = None,
+) -> None:
+    """Perplexity on the first L tokens of long documents (or sliding windows), per length."""
+    from ropext.evaluate.ppl import PerplexityOptions
+    from ropext.lengths import parse_lengths
+
+    options = PerplexityOptions(
+        corpus=corpus,
+        lengths=tuple(parse_lengths(lengths)),
+        max_docs=max_docs,
+        skip_docs=skip_docs,
+        mode=mode,
+        stride=stride,
+        chunk_tokens=chunk_tokens,
+    )
+    if mode not in ("truncate", "sliding"):
+        raise RopextError(f"unknown --mode {mode!r}; use truncate or sliding")
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    document = _run_task("ppl", prepared, options, json_out)
+    _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
+
+
+@eval_app.command("passkey")
+def eval_passkey(
+    model: ModelOption,
+    lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths, e.g. 8k,16k,32k.")],
+    factors: FactorsOption = None,
+    method: MethodOption = None,
+    target_length: TargetOption = None,
+    param: ParamOption = None,
+    depths: Annotated[str, typer.Option(help="Comma-separated depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
+    trials: Annotated[int, typer.Option(help="Prompts per length and depth.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the keys.")] = 0,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "auto",
+    json_out: JsonOption = None,
+) -> None:
+    """Pass-key retrieval accuracy per length and depth (greedy decoding)."""
+    from ropext.evaluate.passkey import PasskeyOptions
+    from ropext.lengths import parse_lengths
+
+    try:
+        depth_values = tuple(float(d) for d in depths.split(",") if d.strip())
+    except ValueError:
+        raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
+    if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
+        raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
+    options = PasskeyOptions(lengths=tuple(parse_lengths(lengths)), depths=depth_values, trials=trials, seed=seed)
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    document = _run_task("passkey", prepared, options, json_out)
+    _print_table(document, ("accuracy", "depths"))
+
+
+def _print_table(document: dict[str, Any], columns: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ropext.lengths import format_length
+
+    scaling = document["scaling"]
+    title = f"{document['task']} — {document['model']} — {scaling['method'] if scaling else 'original'}"
+    table = Table(title=title)
+    table.add_column("length", justify="right")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for key, result in document["results"].items():
+        cells = []
+        for column in columns:
+            value = result.get(column)
+            if isinstance(value, dict):
+                cells.append(" ".join(f"{k}:{v:.2f}" for k, v in value.items()))
+            elif isinstance(value, float):
+                cells.append(f"{value:.4g}")
+            else:
+                cells.append("-" if value is None else str(value))
+        table.add_row(format_length(int(key)), *cells)
+    Console().print(table)
+
+
+@app.command()
+def inspect(
+    factors: Annotated[Path, typer.Argument(help="Scaling YAML.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Also draw factors and wavelengths to this PNG.")] = None,
+    intervals: Annotated[int, typer.Option(help="Histogram bins for the disturbance.")] = 360,
+) -> None:
+    """Per-pair factors, wavelengths and regimes, and the rotary-angle disturbance of a scaling."""
+    from ropext.inspection import describe, render_plot, render_table
+    from ropext.scaling import RopeScaling
+
+    scaling = RopeScaling.load(factors)
+    report = describe(scaling, intervals=intervals)
+    if plot is not None:
+        render_plot(scaling, report, plot)
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        render_table(scaling, report)
+
+
+def main() -> None:
+    """Console entry point: one-line errors for bad input, no tracebacks, status 2."""
+    import click
+
+    try:
+        app(standalone_mode=False)
+    except RopextError as err:
+        _fail(str(err))
+    except click.exceptions.Abort:
+        _fail("interrupted; results finished so far are saved", status=130)
+    except KeyboardInterrupt:
+        _fail("interrupted; results finished so far are saved", status=130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except Exception as err:
+        import torch
+
+        if isinstance(err, torch.OutOfMemoryError):
+            _fail("out of GPU memory: evaluate shorter lengths, pass --chunk-tokens 1024, or use a larger GPU")
+        raise
+
+
+def _fail(message: str, status: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()

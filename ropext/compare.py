@@ -1,0 +1,102 @@
+"""Several scalings of one model, evaluated with one load: the demo and the method benchmark.
+
+Each (scaling, task) writes the same result file as ``ropext eval`` would, so a comparison that is
+interrupted resumes where it stopped and its files feed any later report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ropext import __version__
+from ropext.evaluate.passkey import PasskeyOptions, evaluate_passkey
+from ropext.evaluate.ppl import PerplexityOptions, evaluate_perplexity
+from ropext.evaluate.progress import QuietTracker, RichTracker
+from ropext.lengths import format_length
+from ropext.methods import METHODS
+from ropext.model.apply import apply_scaling
+from ropext.model.loading import load_layout
+from ropext.model.prepared import PreparedModel, prepare_model
+from ropext.results import ResultFile
+
+
+def compare_methods(
+    model: str,
+    methods: Sequence[str],
+    target_length: int,
+    ppl: PerplexityOptions | None,
+    passkey: PasskeyOptions | None,
+    out_dir: Path,
+    device: str | None = None,
+    dtype: str | None = None,
+    show_progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """``{method: {"ppl": results, "passkey": results}}``; result files land in ``out_dir``."""
+    source, layout = load_layout(model)
+    scalings = {name: METHODS.get(name).run(layout, target_length, METHODS.get(name).params()) for name in methods}
+    prepared = prepare_model(model, None, device=device, dtype=dtype, layout=(source, layout))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, dict[str, Any]] = {}
+    for name, scaling in scalings.items():
+        apply_scaling(prepared.model, scaling, source=f"{name} scaling")
+        prepared.scaling = scaling
+        summary[name] = {}
+        for task, options, run in (("ppl", ppl, evaluate_perplexity), ("passkey", passkey, evaluate_passkey)):
+            if options is None:
+                continue
+            store = ResultFile(
+                out_dir / f"{task}-{name}-{format_length(target_length)}.json", _header(task, prepared, options)
+            )
+            summary[name][task] = _run(run, prepared, options, store, show_progress)
+    return summary
+
+
+def _header(task: str, prepared: PreparedModel, options: Any) -> dict[str, Any]:
+    import torch
+
+    device = prepared.device
+    return {
+        "task": task,
+        "model": prepared.source.spec,
+        "scaling": prepared.scaling.to_dict() if prepared.scaling is not None else None,
+        "options": dataclasses.asdict(options),
+        "device": torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else "cpu",
+        "dtype": str(next(prepared.model.parameters()).dtype).removeprefix("torch."),
+        "ropext_version": __version__,
+    }
+
+
+def _run(run, prepared: PreparedModel, options: Any, store: ResultFile, show_progress: bool) -> dict[str, Any]:
+    if not show_progress:
+        results = run(prepared, options, QuietTracker(store.record), done=store.done())
+    else:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+            results = run(prepared, options, RichTracker(progress, store.record), done=store.done())
+    store.results = results
+    store.write()
+    return results
+
+
+def markdown_table(summary: dict[str, dict[str, Any]], task: str, metric: str) -> str:
+    """Methods as rows, lengths as columns."""
+    rows = {name: tasks[task] for name, tasks in summary.items() if task in tasks}
+    if not rows:
+        return ""
+    lengths = list(next(iter(rows.values())))
+    header = "| method | " + " | ".join(format_length(int(k)) for k in lengths) + " |"
+    lines = [header, "|---|" + "---:|" * len(lengths)]
+    for name, results in rows.items():
+        cells = [_format(results[k][metric]) for k in lengths]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _format(value: float) -> str:
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}"

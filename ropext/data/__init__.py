@@ -1,0 +1,1 @@
+"""Corpora by name or path, tokenised once and cached."""

@@ -1,0 +1,179 @@
+"""Perplexity on long documents: exp(total NLL / total predicted tokens) per length.
+
+Two modes. ``truncate`` (as in the LongRoPE and DCIS searches): the first L tokens of each document,
+one window per document. ``sliding``: windows of L tokens moved by a stride over whole documents;
+each token is scored once, by the first window that predicts it (so after the first window every
+scored token sees at least L − stride tokens of context).
+
+The same documents serve every length (those at least as long as the longest length requested),
+so a perplexity curve over lengths reflects the lengths, not a change of documents.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ropext.data.corpus import open_corpus
+from ropext.data.tokenized import TokenizedCorpus, tokenize_corpus
+from ropext.errors import RopextError
+from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
+from ropext.evaluate.progress import Tracker
+from ropext.lengths import format_length
+from ropext.model.prepared import PreparedModel
+
+
+@dataclass(frozen=True)
+class PerplexityOptions:
+    corpus: str
+    """Corpus spec: files or folder, hub dataset, or ``python-stdlib``."""
+    lengths: tuple[int, ...]
+    """Window lengths in tokens."""
+    max_docs: int = 10
+    """Use at most this many documents (the first ones, in corpus order, that are long enough)."""
+    skip_docs: int = 0
+    """Skip this many qualifying documents first (e.g. those a search used)."""
+    mode: str = "truncate"
+    """``truncate``: first L tokens per document; ``sliding``: windows over whole documents."""
+    stride: int | None = None
+    """Sliding mode: tokens between window starts (default L/2)."""
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    """Positions per chunk of the vocabulary projection and loss."""
+
+
+@dataclass(frozen=True)
+class Window:
+    document: int
+    start: int
+    stop: int
+    score_from: int
+    """Index within the window of the first hidden state whose next token is scored."""
+
+
+def select_documents(corpus: TokenizedCorpus, options: PerplexityOptions) -> list[int]:
+    if options.mode not in ("truncate", "sliding"):
+        raise RopextError(f"unknown --mode {options.mode!r}; use truncate or sliding")
+    if options.max_docs < 1:
+        raise RopextError(f"--max-docs must be at least 1, got {options.max_docs}")
+    longest = max(options.lengths)
+    if longest < 2:
+        raise RopextError("lengths must be at least 2 tokens")
+    candidates = corpus.require(longest)
+    chosen = candidates[options.skip_docs : options.skip_docs + options.max_docs]
+    if not chosen:
+        raise RopextError(
+            f"corpus {corpus.name} has {len(candidates)} documents of {longest}+ tokens, all skipped by "
+            f"--skip-docs {options.skip_docs}; skip fewer or use a larger corpus"
+        )
+    return chosen
+
+
+def windows_for(
+    corpus: TokenizedCorpus, documents: list[int], length: int, options: PerplexityOptions
+) -> Iterator[Window]:
+    for doc in documents:
+        size = len(corpus.document(doc))
+        if options.mode == "truncate":
+            yield Window(doc, 0, length, 0)
+            continue
+        stride = options.stride or max(1, length // 2)
+        if not 0 < stride <= length:
+            raise RopextError(f"--stride must be between 1 and the window length {length}, got {stride}")
+        scored_until = 0  # global position of the first target not yet scored, minus one
+        start = 0
+        while True:
+            stop = min(start + length, size)
+            begin = max(start, stop - length)  # the last window is full length, ending at the document's end
+            score_from = max(scored_until - begin, 0)
+            yield Window(doc, begin, stop, score_from)
+            scored_until = stop - 1
+            if stop >= size:
+                break
+            start += stride
+
+
+@dataclass
+class LengthResult:
+    length: int
+    nll: float
+    tokens: int
+    docs: int
+    windows: int
+    seconds: float
+    peak_memory_gb: float | None
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll / self.tokens)
+
+    def to_dict(self) -> dict:
+        return {
+            "ppl": self.ppl,
+            "nll": self.nll,
+            "tokens": self.tokens,
+            "docs": self.docs,
+            "windows": self.windows,
+            "seconds": self.seconds,
+            "seconds_per_window": self.seconds / self.windows,
+            "peak_memory_gb": self.peak_memory_gb,
+        }
+
+
+def perplexity_at(
+    model: Any,
+    corpus: TokenizedCorpus,
+    documents: list[int],
+    length: int,
+    options: PerplexityOptions,
+    device: str,
+    on_window: Callable[[], None] | None = None,
+) -> LengthResult:
+    windows = list(windows_for(corpus, documents, length, options))
+    cuda = str(device).startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    began = time.perf_counter()
+    nll, tokens = 0.0, 0
+    for window in windows:
+        ids = torch.from_numpy(corpus.document(window.document)[window.start : window.stop].astype("int64"))
+        total, count = summed_nll(model, ids[None].to(device), window.score_from, options.chunk_tokens)
+        nll += float(total.sum())
+        tokens += count
+        if on_window is not None:
+            on_window()
+    if cuda:
+        torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return LengthResult(length, nll, tokens, len(documents), len(windows), time.perf_counter() - began, peak)
+
+
+def evaluate_perplexity(
+    prepared: PreparedModel, options: PerplexityOptions, tracker: Tracker, done: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Perplexity at every length of ``options``; lengths already in ``done`` are not recomputed."""
+    done = done or {}
+    corpus = tokenize_corpus(prepared.tokenizer, open_corpus(options.corpus))
+    documents = select_documents(corpus, options)
+    todo = [length for length in options.lengths if str(length) not in done]
+    total = sum(len(list(windows_for(corpus, documents, length, options))) for length in todo)
+    tracker.begin(f"ppl {prepared.label}", total)
+    results = {key: value for key, value in done.items()}
+    for length in todo:
+        result = perplexity_at(
+            prepared.model,
+            corpus,
+            documents,
+            length,
+            options,
+            prepared.device,
+            on_window=lambda length=length: tracker.advance(f"ppl {prepared.label} @ {format_length(length)}"),
+        )
+        results[str(length)] = result.to_dict()
+        tracker.finished(str(length), result.to_dict())
+    return {str(length): results[str(length)] for length in options.lengths}

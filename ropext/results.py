@@ -1,0 +1,61 @@
+"""Result files of ``ropext eval``: written after every finished length, reused when a run resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ropext.errors import RopextError
+from ropext.scaling import write_text_atomic
+
+
+class ResultFile:
+    """``{"task", "model", "scaling", "options", "results": {length: {...}}, ...}`` kept on disk.
+
+    A rerun of the same command (same task, model, scaling and options) continues where the last one
+    stopped; a file from a different run is never overwritten.
+    """
+
+    def __init__(self, path: Path | None, header: dict[str, Any]) -> None:
+        self.path = path
+        self.header = header
+        self.results: dict[str, Any] = {}
+        if path is not None and path.exists():
+            self._resume(path)
+
+    def _identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        options = dict(data.get("options", {}))
+        options.pop("lengths", None)  # more or fewer lengths is the same run, extended
+        return {
+            "task": data.get("task"),
+            "model": data.get("model"),
+            "scaling": data.get("scaling"),
+            "options": options,
+        }
+
+    def _resume(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RopextError(f"{path} exists but is not a ropext result file; choose another --json path") from None
+        if not isinstance(data, dict) or self._identity(data) != self._identity(self.header):
+            raise RopextError(
+                f"{path} holds results of a different run (task, model, scaling or options differ); "
+                "choose another --json path or delete it"
+            )
+        self.results = dict(data.get("results", {}))
+
+    def done(self) -> dict[str, Any]:
+        return dict(self.results)
+
+    def record(self, key: str, result: dict[str, Any]) -> None:
+        self.results[key] = result
+        self.write()
+
+    def document(self) -> dict[str, Any]:
+        return {**self.header, "results": self.results}
+
+    def write(self) -> None:
+        if self.path is not None:
+            write_text_atomic(self.path, json.dumps(self.document(), indent=2) + "\n")
