@@ -98,5 +98,7 @@ def markdown_table(summary: dict[str, dict[str, Any]], task: str, metric: str) -
     return "\n".join(lines)
 
 
-def _format(value: float) -> str:
+def _format(value: float | None) -> str:
+    if value is None:
+        return "-"
     return f"{value:.3f}" if value < 100 else f"{value:.1f}"

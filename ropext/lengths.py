@@ -10,6 +10,8 @@ _LENGTH = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 
 def parse_length(text: str | int) -> int:
     """``"32k"`` -> 32768 (k = 1024, m = 1024²), ``"8192"`` -> 8192."""
+    if isinstance(text, bool):
+        raise RopextError(f"length {text!r} is not a token count")
     if isinstance(text, int):
         value = text
     else:
@@ -41,6 +43,8 @@ def parse_lengths(text: str) -> list[int]:
 
 def format_length(tokens: int) -> str:
     """8192 -> ``"8k"``; lengths that are not a multiple of 1024 stay as plain numbers."""
+    if tokens <= 0:
+        return str(tokens)
     if tokens % (1024 * 1024) == 0:
         return f"{tokens // (1024 * 1024)}m"
     if tokens % 1024 == 0:

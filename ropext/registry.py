@@ -36,6 +36,8 @@ class Registry(Generic[T]):
         self._loaded: dict[str, T] = {}
 
     def register(self, name: str, target: str | T, summary: str, aliases: tuple[str, ...] = ()) -> None:
+        # Names are case-insensitive on the command line, so they are stored lower-case.
+        name, aliases = name.strip().lower(), tuple(a.strip().lower() for a in aliases)
         for key in (name, *aliases):
             if key in self._entries or key in self._alias_of:
                 raise ValueError(f"{self.what} {key!r} is registered twice")

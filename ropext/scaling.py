@@ -57,9 +57,14 @@ class RopeScaling:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "factors", tuple(float(x) for x in self.factors))
-        if self.short_factors is not None:
-            object.__setattr__(self, "short_factors", tuple(float(x) for x in self.short_factors))
+        for key in ("factors", "short_factors"):
+            vector = getattr(self, key)
+            if vector is None:
+                continue
+            for i, x in enumerate(vector):
+                if not _is_number(x):
+                    raise RopextError(f"{key}[{i}] is {x!r}; every factor must be a positive number")
+            object.__setattr__(self, key, tuple(float(x) for x in vector))
         _validate(self)
 
     # ------------------------------------------------------------------ frequencies
@@ -145,14 +150,14 @@ class RopeScaling:
         unknown = sorted(set(data) - set(YAML_KEYS))
         if unknown:
             raise RopextError(f"{source}: unknown key {unknown[0]!r}; the keys are {', '.join(YAML_KEYS)}")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise RopextError(f"{source}: missing key {missing[0]!r}")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise RopextError(
                 f"{source}: unsupported schema_version {version!r}; this ropext reads version {SCHEMA_VERSION}"
             )
-        missing = [k for k in REQUIRED_KEYS if k not in data]
-        if missing:
-            raise RopextError(f"{source}: missing key {missing[0]!r}")
         values = dict(data)
         if values.get("provenance") is None:
             values["provenance"] = {}

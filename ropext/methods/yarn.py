@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ropext.errors import RopextError
 from ropext.methods.base import Method, scaling_from_factors
 from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling
@@ -43,6 +44,10 @@ def yarn_ramp_bounds(rotary_dim: int, base: float, original_length: int, params:
 
 
 def _yarn(layout: RotaryLayout, target_length: int, params: YarnParams) -> RopeScaling:
+    if not params.beta_fast > params.beta_slow > 0:
+        raise RopextError(
+            f"yarn needs beta_fast > beta_slow > 0, got beta_fast={params.beta_fast:g}, beta_slow={params.beta_slow:g}"
+        )
     s = params.factor or target_length / layout.original_max_position_embeddings
     low, high = yarn_ramp_bounds(layout.rotary_dim, layout.rope_theta, layout.original_max_position_embeddings, params)
     if low == high:

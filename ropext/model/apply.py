@@ -51,6 +51,10 @@ def configure(config: Any, scaling: RopeScaling) -> None:
     # Dynamic NTK measures the input against max_position_embeddings, so it must stay L0, and so must
     # the identity (whose config carries no other record of L0); the static types advertise the target,
     # as Phi-3's long-context configs do.
+    # Phi-3 also keeps L0 as a top-level attribute, which transformers copies into rope_parameters
+    # whenever it standardises them; keep the two in agreement.
+    if hasattr(config, "original_max_position_embeddings"):
+        config.original_max_position_embeddings = scaling.original_max_position_embeddings
     keeps_original = scaling.is_dynamic or scaling.is_identity
     config.max_position_embeddings = (
         scaling.original_max_position_embeddings if keeps_original else scaling.max_position_embeddings
@@ -125,8 +129,24 @@ def apply_scaling(model: nn.Module, scaling: RopeScaling, source: str = "the sca
             scaled = StartTokenRotary(scaled, unscaled, scaling.start_tokens)
         _replace(model, name, scaled)
     configure(text_config(model.config), scaling)
+    _validate_config(text_config(model.config), scaling)
     verify_scaling(model, scaling)
     return model
+
+
+def _validate_config(config: Any, scaling: RopeScaling) -> None:
+    """Some architectures accept only certain rope types (Phi-3: longrope); say so now, not at save time."""
+    validate = getattr(config, "validate_rope", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except (ValueError, KeyError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RopextError(
+            f"model type {config.model_type!r} cannot carry a {scaling.method} scaling ({first}); "
+            "use a static method or searched factors instead"
+        ) from None
 
 
 def _build_rotary(cls: type, config: Any, device: torch.device) -> nn.Module:
@@ -161,19 +181,25 @@ def verify_scaling(model: nn.Module, scaling: RopeScaling) -> None:
     ignores or reinterprets a rope parameter, and RoPE buffers cast to bf16 by a careless ``.to()``.
     """
     _, layer_type = rope_dict(text_config(model.config))
-    # Dynamic NTK starts from the original frequencies and changes them per input length; the others
-    # hold the long vector between calls (longrope switches to short_factor per call when given).
-    if scaling.is_dynamic or scaling.short_factors is not None:
-        reference_length = scaling.original_max_position_embeddings
-    else:
-        reference_length = None
+    # Dynamic NTK's buffer follows the last input length, and longrope's switches between the short
+    # and long vector per call; the rest hold one vector.
     expected_attention = 1.0 if scaling.is_dynamic else scaling.attention_factor
+    lengths = [None]
+    if scaling.short_factors is not None or scaling.is_dynamic:
+        lengths.insert(0, scaling.original_max_position_embeddings)
     for name, module in rotary_modules(model):
         inv_freq, attention = _frequency_buffers(module, layer_type)
-        expected = scaling.inv_freq(reference_length, device=inv_freq.device)
+        if scaling.is_dynamic:
+            inner = module.scaled if isinstance(module, StartTokenRotary) else module
+            prefix = f"{layer_type}_" if layer_type else ""
+            inv_freq = getattr(inner, f"{prefix}original_inv_freq", inv_freq)
+        candidates = [scaling.inv_freq(length, device=inv_freq.device) for length in lengths]
+        expected = candidates[0]
         if inv_freq.dtype != torch.float32:
             raise RopextError(f"{name}.inv_freq is {inv_freq.dtype}, not float32: RoPE must be computed in float32")
-        if inv_freq.shape != expected.shape or not torch.allclose(inv_freq, expected, rtol=1e-6, atol=0):
+        if inv_freq.shape != expected.shape or not any(
+            torch.allclose(inv_freq, candidate, rtol=1e-6, atol=0) for candidate in candidates
+        ):
             worst = (inv_freq - expected).abs().max().item() if inv_freq.shape == expected.shape else float("nan")
             raise RopextError(
                 f"applying {scaling.method} failed: {name}.inv_freq differs from the scaling's by up to {worst:.3g}; "

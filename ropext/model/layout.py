@@ -64,7 +64,17 @@ def read_layout(config: Any, name: str = "model") -> RotaryLayout:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
     rotary_dim = int(head_dim * partial)
-    original = params.get("original_max_position_embeddings") or config.max_position_embeddings
+    original = (
+        params.get("original_max_position_embeddings")
+        or getattr(config, "original_max_position_embeddings", None)  # Phi-3 keeps it at the top level
+    )
+    if original is None:
+        if params.get("rope_type", "default") != "default":
+            raise RopextError(
+                f"model {name} already carries a {params['rope_type']} scaling but its config does not say "
+                "its original context length; add original_max_position_embeddings to its rope_parameters"
+            )
+        original = config.max_position_embeddings
     return RotaryLayout(
         name=name,
         model_type=config.model_type,

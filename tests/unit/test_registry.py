@@ -122,3 +122,11 @@ def test_linear_is_an_alias_of_pi() -> None:
 def test_methods_registry_suggests_near_misses() -> None:
     with pytest.raises(RopextError, match="Did you mean 'yarn'"):
         METHODS.get("yarm")
+
+
+def test_names_are_case_insensitive_and_stored_lower_case() -> None:
+    registry: Registry = Registry("thing")
+    registry.register("MyMethod", "math:sqrt", "a plugin written with capitals", aliases=("MM",))
+    assert registry.get("MyMethod") is registry.get("mymethod") is registry.get("mm")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("mymethod", "math:floor", "same name, other case")

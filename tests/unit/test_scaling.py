@@ -201,7 +201,7 @@ def test_optional_keys_may_be_left_out(key: str) -> None:
 
 def test_non_mapping_yaml_is_rejected(tmp_path: Path) -> None:
     path = _write(tmp_path, "- 1.0\n- 2.0\n")
-    with pytest.raises(RopextError, match="expected a mapping .* got list"):
+    with pytest.raises(RopextError, match=r"expected a mapping .* got list"):
         RopeScaling.load(path)
 
 
@@ -321,3 +321,26 @@ def test_failed_save_keeps_old_file_and_removes_temp(tmp_path: Path, monkeypatch
         _scaling(start_tokens=99).save(path)
     assert path.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["factors.yaml"]
+
+
+def test_factor_vectors_must_hold_numbers_not_strings_or_booleans() -> None:
+    for bad in (["2"] * 4, [True] * 4):
+        with pytest.raises(RopextError, match=r"factors\[0\]"):
+            RopeScaling(
+                method="x",
+                rope_theta=1e4,
+                rotary_dim=8,
+                original_max_position_embeddings=16,
+                max_position_embeddings=32,
+                factors=bad,
+            )
+
+
+def test_a_file_without_schema_version_reports_the_missing_key(tmp_path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "method: pi\nrope_theta: 10000.0\nrotary_dim: 4\noriginal_max_position_embeddings: 8\n"
+        "max_position_embeddings: 16\nfactors: [2.0, 2.0]\n"
+    )
+    with pytest.raises(RopextError, match="missing key 'schema_version'"):
+        RopeScaling.load(path)
