@@ -30,7 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--corpus", required=True)
-    parser.add_argument("--methods", default="none,pi,ntk,yarn,dprope")
+    parser.add_argument(
+        "--methods", nargs="+", default=["none", "pi", "ntk", "yarn", "dprope"], help="names, or name:k=v,k=v"
+    )
     parser.add_argument("--target-length", default="64k")
     parser.add_argument("--lengths", default="8k,16k,32k,64k")
     parser.add_argument("--max-docs", type=int, default=10)
@@ -46,9 +48,7 @@ def main() -> None:
         depths = tuple(float(d) for d in args.depths.split(","))
         passkey = PasskeyOptions(lengths=tuple(parse_lengths(args.passkey_lengths)), depths=depths, trials=args.trials)
     began = time.perf_counter()
-    summary = compare_methods(
-        args.model, args.methods.split(","), parse_length(args.target_length), ppl, passkey, args.out_dir
-    )
+    summary = compare_methods(args.model, args.methods, parse_length(args.target_length), ppl, passkey, args.out_dir)
     seconds = time.perf_counter() - began
     lines = [
         f"Command: `python {' '.join(sys.argv)}`",

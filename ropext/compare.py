@@ -7,6 +7,7 @@ interrupted resumes where it stopped and its files feed any later report.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from ropext.evaluate.progress import QuietTracker, RichTracker
 from ropext.lengths import format_length
 from ropext.methods import METHODS
 from ropext.model.apply import apply_scaling
+from ropext.model.layout import RotaryLayout
 from ropext.model.loading import load_layout
 from ropext.model.prepared import PreparedModel, prepare_model
 from ropext.results import ResultFile
+from ropext.scaling import RopeScaling
 
 
 def compare_methods(
@@ -34,9 +37,12 @@ def compare_methods(
     dtype: str | None = None,
     show_progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """``{method: {"ppl": results, "passkey": results}}``; result files land in ``out_dir``."""
+    """``{method: {"ppl": results, "passkey": results}}``; result files land in ``out_dir``.
+
+    A method may carry parameters: ``"dprope:t=0.001"`` or ``"yarn:beta_fast=16,beta_slow=2"``.
+    """
     source, layout = load_layout(model)
-    scalings = {name: METHODS.get(name).run(layout, target_length, METHODS.get(name).params()) for name in methods}
+    scalings = {spec: scaling_for_spec(spec, layout, target_length) for spec in methods}
     prepared = prepare_model(model, None, device=device, dtype=dtype, layout=(source, layout))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, Any]] = {}
@@ -47,11 +53,18 @@ def compare_methods(
         for task, options, run in (("ppl", ppl, evaluate_perplexity), ("passkey", passkey, evaluate_passkey)):
             if options is None:
                 continue
+            label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # "dprope:t=0.001" -> "dprope_t_0.001"
             store = ResultFile(
-                out_dir / f"{task}-{name}-{format_length(target_length)}.json", _header(task, prepared, options)
+                out_dir / f"{task}-{label}-{format_length(target_length)}.json", _header(task, prepared, options)
             )
             summary[name][task] = _run(run, prepared, options, store, show_progress)
     return summary
+
+
+def scaling_for_spec(spec: str, layout: RotaryLayout, target_length: int) -> RopeScaling:
+    name, _, params = spec.partition(":")
+    method = METHODS.get(name)
+    return method.run(layout, target_length, method.parse_params([p for p in params.split(",") if p]))
 
 
 def _header(task: str, prepared: PreparedModel, options: Any) -> dict[str, Any]:

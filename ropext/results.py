@@ -25,6 +25,7 @@ class ResultFile:
             self._resume(path)
 
     def _identity(self, data: dict[str, Any]) -> dict[str, Any]:
+        data = json.loads(json.dumps(data))  # compare as stored: tuples become lists, keys strings
         options = dict(data.get("options", {}))
         options.pop("lengths", None)  # more or fewer lengths is the same run, extended
         return {

@@ -1,0 +1,192 @@
+"""`ropext eval ppl` and `ropext eval passkey` on the tiny Llama, checked against transformers' own loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import CorpusFiles
+from integration_support import assert_clean_error, assert_close, assert_ok, read_json, run_cli
+
+from ropext.data.tokenized import encode
+from ropext.evaluate.passkey import FILLER, NEEDLE, QUESTION, TASK_INTRO, build_prompt
+
+LENGTHS = (128, 256)
+MAX_DOCS = 2
+STRIDE = 64
+
+
+def _ppl(model: Path, corpus: Path, lengths: str, json_out: Path, *extra: str) -> dict[str, Any]:
+    result = run_cli(
+        "eval", "ppl", "--model", model, "--corpus", corpus, "--lengths", lengths,
+        "--max-docs", str(MAX_DOCS), "--json", json_out, "--device", "cpu", *extra,
+    )  # fmt: skip
+    assert_ok(result)
+    return read_json(json_out)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model: Path):  # -> (tokenizer, model) loaded by transformers directly
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+def _documents(tokenizer: Any, texts: tuple[str, ...], min_tokens: int) -> list[list[int]]:
+    """The first MAX_DOCS documents with at least ``min_tokens`` tokens (backend encoding, no special tokens)."""
+    ids = [tokenizer.backend_tokenizer.encode(text, add_special_tokens=False).ids for text in texts]
+    return [doc for doc in ids if len(doc) >= min_tokens][:MAX_DOCS]
+
+
+@torch.no_grad()
+def _summed_loss(model: Any, ids: list[int], scored: Callable[[int], bool] = lambda position: True) -> float:
+    """transformers' mean loss times its count: NLL summed over the targets at the positions ``scored`` accepts."""
+    input_ids = torch.tensor([ids])
+    labels = torch.tensor([[token if position > 0 and scored(position) else -100 for position, token in enumerate(ids)]])
+    count = int((labels[0, 1:] != -100).sum())
+    return model(input_ids=input_ids, labels=labels).loss.item() * count
+
+
+def _sliding_reference(model: Any, doc: list[int], length: int, stride: int) -> tuple[float, int]:
+    """Windows of ``length`` every ``stride`` tokens; each target scored once, by the first window predicting it."""
+    total, scored_until = 0.0, 0  # targets at positions <= scored_until are done
+    for start in range(0, len(doc), stride):
+        stop = min(start + length, len(doc))
+        first_new = scored_until + 1
+        total += _summed_loss(model, doc[start:stop], lambda position, start=start: start + position >= first_new)
+        scored_until = stop - 1
+        if stop == len(doc):
+            break
+    return total, scored_until
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model: Path, corpus_files: CorpusFiles, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    json_out = tmp_path_factory.mktemp("ppl") / "baseline.json"
+    return _ppl(tiny_model, corpus_files.folder, ",".join(map(str, LENGTHS)), json_out)
+
+
+def test_ppl_json_has_one_result_per_length(baseline: dict[str, Any], tiny_model: Path) -> None:
+    assert baseline["task"] == "ppl"
+    assert baseline["model"] == str(tiny_model)
+    assert baseline["scaling"] is None
+    assert baseline["device"] == "cpu"
+    assert baseline["dtype"] == "float32"
+    assert list(baseline["results"]) == ["128", "256"]
+    for length in LENGTHS:
+        result = baseline["results"][str(length)]
+        assert result["docs"] == MAX_DOCS
+        assert result["tokens"] == MAX_DOCS * (length - 1)
+        assert math.isfinite(result["ppl"]) and result["ppl"] > 1
+
+
+def test_ppl_equals_transformers_own_loss(baseline: dict[str, Any], reference, corpus_files: CorpusFiles) -> None:
+    tokenizer, model = reference
+    documents = _documents(tokenizer, corpus_files.texts, max(LENGTHS))
+    assert len(documents) == MAX_DOCS
+    assert len(encode(tokenizer, corpus_files.texts[0])) < max(LENGTHS)  # so the short first document is skipped
+    for length in LENGTHS:
+        total = sum(_summed_loss(model, doc[:length]) for doc in documents)
+        expected = math.exp(total / (MAX_DOCS * (length - 1)))
+        assert_close(baseline["results"][str(length)]["ppl"], expected)
+
+
+def test_ppl_with_a_method_records_it_and_changes_ppl(
+    baseline: dict[str, Any], tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    document = _ppl(tiny_model, corpus_files.folder, "256", tmp_path / "yarn.json", "--method", "yarn", "-t", "1k")
+    assert document["scaling"]["method"] == "yarn"
+    assert document["scaling"]["max_position_embeddings"] == 1024
+    scaled, original = document["results"]["256"]["ppl"], baseline["results"]["256"]["ppl"]
+    assert abs(scaled / original - 1) > 1e-3  # far beyond the 1e-4 agreement with transformers checked above
+    assert_close(scaled, original, rel=0.5)  # but the same model
+
+
+def test_sliding_mode_scores_every_token_after_the_first_once(
+    tiny_model: Path, corpus_files: CorpusFiles, reference, tmp_path: Path
+) -> None:
+    document = _ppl(
+        tiny_model, corpus_files.folder, "128,256", tmp_path / "sliding.json",
+        "--mode", "sliding", "--stride", str(STRIDE),
+    )  # fmt: skip
+    tokenizer, model = reference
+    documents = _documents(tokenizer, corpus_files.texts, max(LENGTHS))
+    for length in LENGTHS:
+        result = document["results"][str(length)]
+        assert result["tokens"] == sum(len(doc) - 1 for doc in documents)
+        assert result["windows"] > MAX_DOCS
+        sums = [_sliding_reference(model, doc, length, STRIDE) for doc in documents]
+        assert [scored for _, scored in sums] == [len(doc) - 1 for doc in documents]
+        assert_close(result["ppl"], math.exp(sum(total for total, _ in sums) / result["tokens"]))
+
+
+def test_rerun_with_more_lengths_keeps_finished_results(
+    tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    json_out = tmp_path / "resume.json"
+    first = _ppl(tiny_model, corpus_files.folder, "128", json_out)
+    second = _ppl(tiny_model, corpus_files.folder, "128,256", json_out)
+    assert second["results"]["128"] == first["results"]["128"]  # "seconds" too: it was not recomputed
+    assert list(second["results"]) == ["128", "256"]
+    assert second["options"]["lengths"] == [128, 256]
+
+
+def test_result_file_of_another_run_is_refused_and_kept(
+    tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    json_out = tmp_path / "other-run.json"
+    _ppl(tiny_model, corpus_files.folder, "128", json_out)
+    before = json_out.read_bytes()
+    result = run_cli(
+        "eval", "ppl", "--model", tiny_model, "--corpus", corpus_files.folder, "--lengths", "128",
+        "--max-docs", str(MAX_DOCS), "--json", json_out, "--device", "cpu", "--method", "yarn", "-t", "1k",
+    )  # fmt: skip
+    assert_clean_error(result, "different run")
+    assert json_out.read_bytes() == before
+
+
+# ---------------------------------------------------------------- passkey
+
+
+def test_passkey_cli_reports_accuracy_per_depth(tiny_model: Path, tmp_path: Path) -> None:
+    json_out = tmp_path / "passkey.json"
+    result = run_cli(
+        "eval", "passkey", "--model", tiny_model, "--lengths", "128", "--depths", "0,1", "--trials", "2",
+        "--json", json_out, "--device", "cpu",
+    )  # fmt: skip
+    assert_ok(result)
+    document = read_json(json_out)
+    assert document["task"] == "passkey"
+    outcome = document["results"]["128"]
+    assert 0.0 <= outcome["accuracy"] <= 1.0
+    assert set(outcome["depths"]) == {"0", "1"}
+    samples = outcome["samples"]
+    assert len(samples) == 2 * 2
+    assert all(0 < sample["prompt_tokens"] <= 128 for sample in samples)
+    assert outcome["accuracy"] == pytest.approx(sum(sample["correct"] for sample in samples) / len(samples))
+    assert len({sample["key"] for sample in samples}) > 1  # every trial hides a new key
+
+
+@pytest.mark.parametrize("length", [128, 200, 256])
+@pytest.mark.parametrize("depth", [0.0, 1.0])
+def test_passkey_prompt_fits_and_hides_the_key_at_its_depth(reference, length: int, depth: float) -> None:
+    tokenizer, _ = reference
+    key = 48213
+    prompt = build_prompt(tokenizer, length, depth, key)
+    filler_tokens = len(encode(tokenizer, FILLER))
+    assert length - filler_tokens <= len(prompt.ids) <= length
+    assert prompt.key == key
+    text = tokenizer.decode(prompt.ids)
+    needle = NEEDLE.format(key=key)
+    assert text.startswith(TASK_INTRO) and text.endswith(QUESTION)
+    assert text.count(needle) == 1
+    if depth == 0.0:
+        assert text.startswith(TASK_INTRO + needle + FILLER)
+    else:
+        assert text.endswith(FILLER + needle + QUESTION)
