@@ -72,7 +72,9 @@ def tiny_tokenizer():  # -> transformers.PreTrainedTokenizerFast
         show_progress=False,
     )
     backend.train_from_iterator(_tokenizer_training_text(), trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=SPECIAL_TOKENS[0], eos_token=SPECIAL_TOKENS[1]
+    )
     assert len(tokenizer) == TINY_VOCAB
     return tokenizer
 
@@ -130,7 +132,15 @@ def gpt2_model(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path
 
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=ORIGINAL_CONTEXT)
+    config = GPT2Config(
+        vocab_size=len(tiny_tokenizer),
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=ORIGINAL_CONTEXT,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+    )
     GPT2LMHeadModel(config).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder

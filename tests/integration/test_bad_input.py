@@ -111,7 +111,7 @@ CASES: dict[str, Case] = {
     ),
     "invalid length": (
         lambda i: _ppl(i.model, i.corpus, lengths="abc"),
-        ("'abc'",),
+        ("cannot read length 'abc'",),
     ),
     "target below original": (
         lambda i: _search(i.config_only, "--method", "yarn", "-t", "128"),

@@ -48,7 +48,9 @@ def _documents(tokenizer: Any, texts: tuple[str, ...], min_tokens: int) -> list[
 def _summed_loss(model: Any, ids: list[int], scored: Callable[[int], bool] = lambda position: True) -> float:
     """transformers' mean loss times its count: NLL summed over the targets at the positions ``scored`` accepts."""
     input_ids = torch.tensor([ids])
-    labels = torch.tensor([[token if position > 0 and scored(position) else -100 for position, token in enumerate(ids)]])
+    labels = torch.tensor(
+        [[token if position > 0 and scored(position) else -100 for position, token in enumerate(ids)]]
+    )
     count = int((labels[0, 1:] != -100).sum())
     return model(input_ids=input_ids, labels=labels).loss.item() * count
 
