@@ -77,21 +77,72 @@ def list_registered() -> None:
 @app.command()
 def search(
     model: ModelOption,
-    method: Annotated[str, typer.Option("--method", help="Registered method (see `ropext ls`).")],
+    method: Annotated[str, typer.Option("--method", help="A method or searcher (see `ropext ls`).")],
     target_length: Annotated[str, typer.Option("--target-length", "-t", help="Target context: 32768, 32k, 1m.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the scaling YAML.")],
     param: ParamOption = None,
+    corpus: Annotated[str | None, typer.Option(help="Searchers: text whose perplexity guides the search.")] = None,
+    samples: Annotated[int, typer.Option(help="Searchers: documents (one window each) per evaluation.")] = 5,
+    skip_docs: Annotated[int, typer.Option(help="Searchers: skip this many long-enough documents first.")] = 0,
+    budget: Annotated[int | None, typer.Option(help="Searchers: stop after this many evaluations.")] = None,
+    seed: Annotated[int, typer.Option(help="Searchers: random seed.")] = 0,
+    devices: Annotated[str | None, typer.Option(help="Searchers: e.g. cuda:0,cuda:1 (default: every GPU).")] = None,
+    start_from: Annotated[
+        Path | None, typer.Option("--from", help="Searchers: start from these factors (progressive extension).")
+    ] = None,
+    short_length: Annotated[
+        str | None, typer.Option(help="Searchers: search short_factors of --from for inputs up to this length.")
+    ] = None,
+    journal: Annotated[Path | None, typer.Option(help="Searchers: journal file (default OUT.journal.jsonl).")] = None,
+    attention_factor: Annotated[
+        str | None, typer.Option(help="Searchers: yarn, longrope, none or a number (default per searcher).")
+    ] = None,
+    max_batch_tokens: Annotated[int, typer.Option(help="Searchers: tokens per forward pass.")] = 131072,
+    sdpa_backend: Annotated[
+        str, typer.Option(help="Searchers: auto, cudnn, flash, efficient, math, default.")
+    ] = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
-    """Produce per-pair RoPE scaling factors as YAML."""
+    """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
     from ropext.lengths import parse_length
     from ropext.methods import METHODS
     from ropext.model.loading import load_layout
     from ropext.registry import load_plugins
+    from ropext.search import SEARCHERS
 
     load_plugins()
+    length = parse_length(target_length)
+    if method in SEARCHERS:
+        from ropext.search.engine import EngineOptions
+        from ropext.search.run import SearchRequest
+
+        if corpus is None:
+            raise RopextError(f"searcher {method} needs --corpus (the text whose perplexity guides it)")
+        if samples < 1:
+            raise RopextError(f"--samples must be at least 1, got {samples}")
+        if start_from is not None and not start_from.is_file():
+            raise RopextError(f"--from file {start_from} does not exist")
+        request = SearchRequest(
+            model=model,
+            searcher=method,
+            params=tuple(param or ()),
+            corpus=corpus,
+            target_length=length,
+            samples=samples,
+            skip_docs=skip_docs,
+            budget=budget,
+            seed=seed,
+            devices=tuple(d.strip() for d in (devices or "").split(",") if d.strip()),
+            start_from=start_from,
+            short_length=parse_length(short_length) if short_length else None,
+            attention=attention_factor,
+            dtype=dtype,
+            engine=EngineOptions(max_batch_tokens=max_batch_tokens, sdpa_backend=sdpa_backend),
+        )
+        _run_searcher(request, out, journal or out.with_name(out.name + ".journal.jsonl"))
+        return
     chosen = METHODS.get(method)  # unknown names fail before the model is touched
     params = chosen.parse_params(param or [])
-    length = parse_length(target_length)
     began = time.perf_counter()
     _, layout = load_layout(model)
     scaling = chosen.run(layout, length, params).with_provenance(
@@ -103,6 +154,33 @@ def search(
         f"wrote {out}: {scaling.method} for {layout.name}, {layout.original_max_position_embeddings} -> "
         f"{length} tokens, {len(scaling.factors)} factors in [{low:.4g}, {high:.4g}], "
         f"attention factor {scaling.attention_factor:.4g}"
+    )
+
+
+def _run_searcher(request, out: Path, journal: Path) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ropext.model.loading import load_layout
+    from ropext.search.run import run_search
+
+    source, layout = load_layout(request.model)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_console(), transient=True) as progress:
+        task = progress.add_task(f"{request.searcher}: starting", total=None)
+
+        def on_progress(done: int, expected: int, best: float) -> None:
+            best_text = f"{best:.4f}" if best != float("inf") else "-"
+            progress.update(
+                task, completed=done, total=max(expected, done), description=f"{request.searcher}: best ppl {best_text}"
+            )
+
+        scaling = run_search(request, source, layout, journal, on_progress)
+    scaling.save(out)
+    prov = scaling.provenance
+    typer.echo(
+        f"wrote {out}: {request.searcher} for {request.model}, best perplexity {prov['score']:.4f} after "
+        f"{prov['evaluations']} evaluations ({prov['replayed_evaluations']} replayed from {journal}), "
+        f"{prov['seconds']:.0f} s" + (" (stopped at --budget)" if prov["stopped_by_budget"] else "")
     )
 
 

@@ -42,7 +42,8 @@ def summed_nll(
     score_from: int = 0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> tuple[torch.Tensor, int]:
-    """NLL summed per row of ``input_ids`` [B, L] over the targets ``input_ids[:, score_from+1:]``.
+    """NLL summed per row of ``input_ids`` [B, L] over the targets ``input_ids[:, score_from+1:]``;
+    each chunk projects ``chunk_tokens`` hidden states in all (B rows × chunk_tokens / B positions).
 
     Returns (float64 sums of shape [B], number of predicted tokens per row).
     """
@@ -58,8 +59,10 @@ def summed_nll(
     hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
     transform = _logit_transform(model.config)
     totals = torch.zeros(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
-    for start in range(score_from, length - 1, chunk_tokens):
-        stop = min(start + chunk_tokens, length - 1)
+    # chunk_tokens bounds the logits of the whole batch: rows × positions per chunk.
+    positions = max(1, chunk_tokens // input_ids.shape[0])
+    for start in range(score_from, length - 1, positions):
+        stop = min(start + positions, length - 1)
         logits = transform(head(hidden[:, start:stop]).float())
         targets = input_ids[:, start + 1 : stop + 1]
         losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")

@@ -1,0 +1,181 @@
+"""The perplexity objective: many candidate scalings scored on the same windows, fast.
+
+- Several candidates share one forward pass: windows are repeated along the batch and every row
+  gets its candidate's frequencies (`BatchedRotary`). Every forward has the same shape (the last
+  batch is padded with a repeated row whose result is dropped), so a candidate's score does not
+  depend on which candidates it was batched with: a resumed search sees the same numbers.
+- The loss is chunked (`summed_nll`), weights are bf16 on a GPU, and SDPA runs with the backend
+  chosen for the hardware (``sdpa_backend``).
+- A candidate is never scored twice: scores are cached by content hash (`Candidate.key`).
+- Several GPUs each take whole batches; each GPU holds its own copy of the (small) model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
+from ropext.scaling import RopeScaling
+from ropext.search.base import Candidate
+from ropext.search.batched_rotary import install_batched_rotary
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    max_batch_tokens: int = 131072
+    """Tokens per forward pass (rows × window length); at least one window."""
+    candidates_per_batch: int = 4
+    """Candidates the searcher usually scores together (DCIS: k); with the windows per candidate and
+    max_batch_tokens it fixes the batch shape, so small calls are not padded to a huge batch."""
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    sdpa_backend: str = "auto"
+    """``auto`` (cuDNN, then flash, then the rest, on CUDA), ``cudnn``, ``flash``, ``efficient``, ``math``,
+    or ``default`` (PyTorch's own choice)."""
+
+
+def sdpa_context(name: str, device: str):
+    """A context that restricts SDPA to the named backend(s)."""
+    if name == "default" or not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    table = {
+        "cudnn": [SDPBackend.CUDNN_ATTENTION],
+        "flash": [SDPBackend.FLASH_ATTENTION],
+        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+        "math": [SDPBackend.MATH],
+        # Measured on an H100 at head dim 64 (docs/results.md): cuDNN is fastest; the others are fallbacks.
+        "auto": [
+            SDPBackend.CUDNN_ATTENTION,
+            SDPBackend.FLASH_ATTENTION,
+            SDPBackend.EFFICIENT_ATTENTION,
+            SDPBackend.MATH,
+        ],
+    }
+    return sdpa_kernel(table[name], set_priority=name == "auto")
+
+
+class PerplexityEngine:
+    """``engine(scalings) -> perplexities`` over fixed windows, for one or more model replicas."""
+
+    def __init__(
+        self,
+        replicas: Sequence[tuple[Any, str]],
+        windows: torch.Tensor,
+        unscaled: RopeScaling,
+        options: EngineOptions = EngineOptions(),
+    ) -> None:
+        if windows.dim() != 2 or windows.shape[1] < 2:
+            raise ValueError(f"windows must be [count, length >= 2], got {tuple(windows.shape)}")
+        self.options = options
+        self.length = windows.shape[1]
+        fits = max(1, options.max_batch_tokens // self.length)
+        self.rows_per_batch = max(1, min(fits, windows.shape[0] * options.candidates_per_batch))
+        self.replicas = []
+        for model, device in replicas:
+            rotaries = install_batched_rotary(model, unscaled)
+            self.replicas.append((model, device, rotaries, windows.to(device)))
+        self.windows = windows
+        self.cache: dict[str, float] = {}
+        self.evaluations = 0
+        self.on_result: Callable[[str, RopeScaling, float], None] | None = None
+        """Called as soon as each new candidate is scored (the search journal appends it there)."""
+
+    def __call__(self, scalings: Sequence[RopeScaling], keys: Sequence[str] | None = None) -> list[float]:
+        keys = list(keys) if keys is not None else [scaling_key(s) for s in scalings]
+        todo = {}
+        for key, scaling in zip(keys, scalings, strict=True):
+            if key not in self.cache and key not in todo:
+                todo[key] = scaling
+        if todo:
+            self.cache.update(self._score(list(todo.items())))
+            self.evaluations += len(todo)
+        return [self.cache[key] for key in keys]
+
+    # ---------------------------------------------------------------- scoring
+    def _score(self, items: list[tuple[str, RopeScaling]]) -> dict[str, float]:
+        count = self.windows.shape[0]
+        rows = [(c, w) for c in range(len(items)) for w in range(count)]
+        batches = [rows[i : i + self.rows_per_batch] for i in range(0, len(rows), self.rows_per_batch)]
+        nll = [0.0] * len(items)
+        tokens = [0] * len(items)
+        rows_done = [0] * len(items)
+        scores: dict[str, float] = {}
+        lock = threading.Lock()
+
+        def work(replica_index: int) -> None:
+            model, device, rotaries, windows = self.replicas[replica_index]
+            frequencies = [self._row_parameters(scaling, device, self.length) for _, scaling in items]
+            for batch in batches[replica_index :: len(self.replicas)]:
+                padded = batch + [batch[-1]] * (self.rows_per_batch - len(batch))
+                for rotary in rotaries:
+                    rotary.set_rows([frequencies[c] for c, _ in padded])
+                ids = windows[[w for _, w in padded]]
+                with sdpa_context(self.options.sdpa_backend, device):
+                    totals, predicted = summed_nll(model, ids, 0, self.options.chunk_tokens)
+                values = totals.tolist()
+                with lock:
+                    for (c, _), value in zip(batch, values, strict=False):
+                        nll[c] += value
+                        tokens[c] += predicted
+                        rows_done[c] += 1
+                        if rows_done[c] == count:
+                            key, scaling = items[c]
+                            scores[key] = math.exp(nll[c] / tokens[c])
+                            if self.on_result is not None:
+                                self.on_result(key, scaling, scores[key])
+
+        if len(self.replicas) == 1:
+            work(0)
+        else:
+            errors: list[BaseException] = []
+
+            def guarded(i: int) -> None:
+                try:
+                    work(i)
+                except BaseException as err:  # re-raised below, in the caller's thread
+                    errors.append(err)
+
+            threads = [threading.Thread(target=guarded, args=(i,)) for i in range(len(self.replicas))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
+        return scores
+
+    @staticmethod
+    def _row_parameters(scaling: RopeScaling, device: str, length: int) -> tuple[torch.Tensor, float, int]:
+        # The vector a model would use for an input of the windows' length: short_factors for windows
+        # up to L0, the long factors above, the dynamic vector at that length.
+        return scaling.inv_freq(length, device=device), scaling.attention_factor, scaling.start_tokens
+
+
+def scaling_key(scaling: RopeScaling) -> str:
+    """Content hash of what changes the frequencies: both vectors, attention factor, n̂."""
+    import hashlib
+    import struct
+
+    digest = hashlib.sha256()
+    for vector in (scaling.factors, scaling.short_factors or ()):
+        digest.update(struct.pack(f"<{len(vector)}d", *vector))
+        digest.update(b"|")
+    digest.update(struct.pack("<dq", scaling.attention_factor, scaling.start_tokens))
+    return digest.hexdigest()[:24]
+
+
+def objective_for(engine: PerplexityEngine, to_scaling: Callable[[Candidate], RopeScaling]):
+    """A searcher's objective over candidates, backed by the engine (and its cache)."""
+
+    def objective(candidates: Sequence[Candidate]) -> list[float]:
+        return engine([to_scaling(c) for c in candidates])
+
+    return objective

@@ -1,0 +1,268 @@
+"""``ropext search`` with a perplexity-guided searcher: windows, engine, journal, searcher, YAML."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ropext import __version__
+from ropext.data.corpus import open_corpus
+from ropext.data.tokenized import tokenize_corpus
+from ropext.errors import RopextError
+from ropext.methods import METHODS
+from ropext.model.layout import RotaryLayout
+from ropext.model.loading import ModelSource, load_model, load_tokenizer, resolve_dtype
+from ropext.scaling import RopeScaling
+from ropext.search import SEARCHERS
+from ropext.search.base import Candidate, SearchSpace
+from ropext.search.engine import EngineOptions, PerplexityEngine, scaling_key
+from ropext.search.journal import Journal
+from ropext.search.longrope import START_TOKEN_CHOICES
+
+# The attention factor a searched vector carries, by searcher. LongRoPE's code uses
+# sqrt(1 + ln s / ln L0); DCIS starts from YaRN, whose 0.1 ln s + 1 it keeps.
+DEFAULT_ATTENTION = {"dcis": "yarn", "longrope": "longrope"}
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    model: str
+    searcher: str
+    params: tuple[str, ...]
+    corpus: str
+    target_length: int
+    samples: int = 5
+    skip_docs: int = 0
+    budget: int | None = None
+    seed: int = 0
+    devices: tuple[str, ...] = ()
+    start_from: Path | None = None
+    short_length: int | None = None
+    attention: str | None = None
+    """``yarn``, ``longrope``, ``none`` or a number; default per searcher."""
+    dtype: str | None = None
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+class BudgetReached(Exception):
+    pass
+
+
+def attention_factor(spec: str, scale: float, original: int) -> float:
+    if spec == "yarn":
+        return 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
+    if spec == "longrope":
+        return 1.0 if scale <= 1 else math.sqrt(1 + math.log(scale) / math.log(original))
+    if spec == "none":
+        return 1.0
+    try:
+        value = float(spec)
+    except ValueError:
+        raise RopextError(f"--attention-factor {spec!r}: use yarn, longrope, none or a positive number") from None
+    if not value > 0:
+        raise RopextError(f"--attention-factor must be positive, got {value}")
+    return value
+
+
+def search_windows(tokenizer: Any, request: SearchRequest, length: int) -> torch.Tensor:
+    """The first ``length`` tokens of ``samples`` documents at least ``length`` long (after skip_docs)."""
+    corpus = tokenize_corpus(tokenizer, open_corpus(request.corpus))
+    documents = corpus.require(length, what="search")[request.skip_docs :]
+    if len(documents) < request.samples:
+        raise RopextError(
+            f"corpus {request.corpus} has {len(documents)} documents of {length}+ tokens after skipping "
+            f"{request.skip_docs}; the search needs --samples {request.samples}: lower --samples or add documents"
+        )
+    rows = [torch.from_numpy(corpus.document(d)[:length].astype("int64")) for d in documents[: request.samples]]
+    return torch.stack(rows)
+
+
+def resolve_devices(devices: Sequence[str]) -> list[str]:
+    if devices:
+        for device in devices:
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                raise RopextError(f"--devices {device}: no CUDA device is visible")
+        return list(devices)
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def run_search(
+    request: SearchRequest,
+    source: ModelSource,
+    layout: RotaryLayout,
+    journal_path: Path,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> RopeScaling:
+    """Search, journaling every evaluation; returns the best scaling with its provenance."""
+    searcher = SEARCHERS.get(request.searcher)
+    params = _parse(searcher, request.params)
+    began = time.perf_counter()
+    base = RopeScaling.load(request.start_from) if request.start_from else None
+    if base is not None:
+        base.check_matches(layout, source=str(request.start_from))
+    short = request.short_length is not None
+    if short and request.short_length > layout.original_max_position_embeddings:
+        raise RopextError(
+            f"--short-length {request.short_length} must not exceed the original context "
+            f"{layout.original_max_position_embeddings}: short factors serve inputs up to it"
+        )
+    window_length = request.short_length if short else request.target_length
+    scale = request.target_length / layout.original_max_position_embeddings
+    attention_spec = request.attention or DEFAULT_ATTENTION.get(searcher.name, "none")
+    attention = (
+        base.attention_factor
+        if short and base is not None
+        else attention_factor(attention_spec, scale, layout.original_max_position_embeddings)
+    )
+
+    def to_scaling(candidate: Candidate) -> RopeScaling:
+        if short:
+            long = base.factors if base is not None else candidate.factors
+            return RopeScaling(
+                method=searcher.name,
+                rope_theta=layout.rope_theta,
+                rotary_dim=layout.rotary_dim,
+                original_max_position_embeddings=layout.original_max_position_embeddings,
+                max_position_embeddings=request.target_length,
+                factors=long,
+                short_factors=candidate.factors,
+                attention_factor=attention,
+                start_tokens=base.start_tokens if base is not None else 0,
+            )
+        return RopeScaling(
+            method=searcher.name,
+            rope_theta=layout.rope_theta,
+            rotary_dim=layout.rotary_dim,
+            original_max_position_embeddings=layout.original_max_position_embeddings,
+            max_position_embeddings=request.target_length,
+            factors=candidate.factors,
+            attention_factor=attention,
+            start_tokens=candidate.start_tokens,
+        )
+
+    space = _space(layout, request, base, short, params)
+    devices = resolve_devices(request.devices)
+    tokenizer = load_tokenizer(source)
+    windows = search_windows(tokenizer, request, window_length)
+    identity = {
+        "model": request.model,
+        "layout": asdict(layout) | {"name": None},
+        "corpus": request.corpus,
+        "corpus_fingerprint": open_corpus(request.corpus).fingerprint,
+        "window_length": window_length,
+        "samples": request.samples,
+        "skip_docs": request.skip_docs,
+        "target_length": request.target_length,
+        "searcher": searcher.name,
+        "params": asdict(params),
+        "seed": request.seed,
+        "attention_factor": attention,
+        "short": short,
+        "from": base.to_dict() if base is not None else None,
+    }
+    journal = Journal(journal_path, identity)
+    replicas = []
+    for device in devices:
+        model = load_model(source, device=device, dtype=resolve_dtype(request.dtype, device))
+        replicas.append((model, device))
+    unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
+    engine_options = replace(request.engine, candidates_per_batch=searcher.batch_hint(params))
+    engine = PerplexityEngine(replicas, windows, unscaled, engine_options)
+    engine.cache.update(journal.scores())
+    replayed = len(engine.cache)
+    expected = searcher.expected_evaluations(space, params)
+    best = [min(engine.cache.values(), default=math.inf)]
+
+    def record(key: str, scaling: RopeScaling, score: float) -> None:
+        vector = scaling.short_factors if short else scaling.factors
+        journal.append(
+            key,
+            {"factors": list(vector), "start_tokens": scaling.start_tokens, "t": round(time.perf_counter() - began, 3)},
+            score,
+        )
+        best[0] = min(best[0], score)
+        if on_progress is not None:
+            on_progress(len(journal.entries), expected, best[0])
+
+    engine.on_result = record
+    if on_progress is not None:
+        on_progress(len(journal.entries), expected, best[0])
+
+    def objective(candidates: Sequence[Candidate]) -> list[float]:
+        scalings = [to_scaling(c) for c in candidates]
+        keys = [scaling_key(s) for s in scalings]
+        new = len({k for k in keys if k not in engine.cache})
+        if request.budget is not None and new and len(engine.cache) + new > request.budget:
+            raise BudgetReached
+        return engine(scalings, keys)
+
+    stopped_by_budget = False
+    try:
+        result = searcher.run(objective, space, params, request.seed)
+        winner, score = to_scaling(result.best), result.score
+    except BudgetReached:
+        stopped_by_budget = True
+        key = min(journal.entries, key=lambda k: (journal.entries[k]["score"], k))
+        entry = journal.entries[key]
+        winner = to_scaling(Candidate(tuple(entry["factors"]), int(entry["start_tokens"])))
+        score = entry["score"]
+    finally:
+        journal.close()
+    seconds = time.perf_counter() - began
+    return winner.with_provenance(
+        searcher=searcher.name,
+        params=asdict(params),
+        objective="perplexity",
+        corpus=request.corpus,
+        lengths={"window": window_length, "target": request.target_length},
+        samples=request.samples,
+        skip_docs=request.skip_docs,
+        evaluations=len(journal.entries),
+        replayed_evaluations=replayed,
+        stopped_by_budget=stopped_by_budget,
+        seconds=round(seconds, 1),
+        score=score,
+        seed=request.seed,
+        model=request.model,
+        ropext_version=__version__,
+        devices=devices,
+        attention=attention_spec,
+        started_from=str(request.start_from) if request.start_from else None,
+        short_search=short,
+    )
+
+
+def _parse(searcher: Any, pairs: Sequence[str]) -> Any:
+    from ropext.methods.base import parse_params
+
+    return parse_params(searcher.params, pairs, where=f"searcher {searcher.name!r}")
+
+
+def _space(
+    layout: RotaryLayout, request: SearchRequest, base: RopeScaling | None, short: bool, params: Any
+) -> SearchSpace:
+    if short:
+        scale = max(request.short_length / layout.original_max_position_embeddings, 1.0)
+        initial = [tuple([1.0] * layout.pairs)]
+        if base is not None and base.short_factors is not None:
+            initial.insert(0, base.short_factors)
+        return SearchSpace(layout.pairs, scale, tuple(initial), (0,))
+    scale = request.target_length / layout.original_max_position_embeddings
+    seeds = []
+    if base is not None:
+        seeds.append(base.factors)
+    init = getattr(params, "init", None)
+    names = [init] if init else []
+    names += [n for n in ("pi", "ntk", "yarn") if n not in names]
+    for name in names:
+        method = METHODS.get(name)
+        seeds.append(method.run(layout, request.target_length, method.params()).factors)
+    return SearchSpace(layout.pairs, scale, tuple(seeds), START_TOKEN_CHOICES)
