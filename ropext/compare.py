@@ -46,22 +46,33 @@ def compare_methods(
     prepared = prepare_model(model, None, device=device, dtype=dtype, layout=(source, layout))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, Any]] = {}
-    for name, scaling in scalings.items():
-        apply_scaling(prepared.model, scaling, source=f"{name} scaling")
+    for spec, scaling in scalings.items():
+        apply_scaling(prepared.model, scaling, source=f"{spec} scaling")
         prepared.scaling = scaling
+        name = spec_label(spec)
         summary[name] = {}
         for task, options, run in (("ppl", ppl, evaluate_perplexity), ("passkey", passkey, evaluate_passkey)):
             if options is None:
                 continue
-            label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # "dprope:t=0.001" -> "dprope_t_0.001"
+            file_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # "dprope:t=0.001" -> "dprope_t_0.001"
             store = ResultFile(
-                out_dir / f"{task}-{label}-{format_length(target_length)}.json", _header(task, prepared, options)
+                out_dir / f"{task}-{file_name}-{format_length(target_length)}.json", _header(task, prepared, options)
             )
             summary[name][task] = _run(run, prepared, options, store, show_progress)
     return summary
 
 
+def spec_label(spec: str) -> str:
+    """How a method spec is named in tables: a YAML file by its stem, a method as written."""
+    return Path(spec).stem if spec.endswith((".yaml", ".yml")) else spec
+
+
 def scaling_for_spec(spec: str, layout: RotaryLayout, target_length: int) -> RopeScaling:
+    """``name``, ``name:k=v,k=v`` (a method at ``target_length``) or a scaling YAML file (``*.yaml``)."""
+    if spec.endswith((".yaml", ".yml")):
+        scaling = RopeScaling.load(spec)
+        scaling.check_matches(layout, source=spec)
+        return scaling
     name, _, params = spec.partition(":")
     method = METHODS.get(name)
     return method.run(layout, target_length, method.parse_params([p for p in params.split(",") if p]))

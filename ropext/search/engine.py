@@ -77,7 +77,10 @@ class PerplexityEngine:
         self.options = options
         self.length = windows.shape[1]
         fits = max(1, options.max_batch_tokens // self.length)
-        self.rows_per_batch = max(1, min(fits, windows.shape[0] * options.candidates_per_batch))
+        usual_rows = windows.shape[0] * options.candidates_per_batch
+        # Split the usual call's rows into equal batches under the cap, so it needs no padding.
+        batches = math.ceil(usual_rows / fits)
+        self.rows_per_batch = max(1, math.ceil(usual_rows / batches))
         self.replicas = []
         for model, device in replicas:
             rotaries = install_batched_rotary(model, unscaled)

@@ -199,9 +199,15 @@ def run_search(
     def objective(candidates: Sequence[Candidate]) -> list[float]:
         scalings = [to_scaling(c) for c in candidates]
         keys = [scaling_key(s) for s in scalings]
-        new = len({k for k in keys if k not in engine.cache})
-        if request.budget is not None and new and len(engine.cache) + new > request.budget:
-            raise BudgetReached
+        if request.budget is not None:
+            new = list(dict.fromkeys(k for k in keys if k not in engine.cache))
+            room = request.budget - len(engine.cache)
+            if len(new) > room:
+                # Spend the budget exactly: score the first candidates that fit, then stop.
+                chosen = {k: s for k, s in zip(keys, scalings, strict=True) if k in set(new[: max(room, 0)])}
+                if chosen:
+                    engine(list(chosen.values()), list(chosen))
+                raise BudgetReached
         return engine(scalings, keys)
 
     stopped_by_budget = False
@@ -210,6 +216,8 @@ def run_search(
         winner, score = to_scaling(result.best), result.score
     except BudgetReached:
         stopped_by_budget = True
+        if not journal.entries:
+            raise RopextError("--budget must allow at least one evaluation") from None
         key = min(journal.entries, key=lambda k: (journal.entries[k]["score"], k))
         entry = journal.entries[key]
         winner = to_scaling(Candidate(tuple(entry["factors"]), int(entry["start_tokens"])))
