@@ -256,7 +256,7 @@ def _run_task(task: str, prepared, options: Any, json_path: Path | None) -> dict
     with Progress(*columns, console=_console(), transient=True) as progress:
         tracker = RichTracker(progress, on_result=store.record)
         results = TASKS.get(task)(prepared, options, tracker, done=store.done())
-    store.results = results
+    store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
     store.write()
     return store.document()
 

@@ -103,7 +103,7 @@ def _run(run, prepared: PreparedModel, options: Any, store: ResultFile, show_pro
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
             results = run(prepared, options, RichTracker(progress, store.record), done=store.done())
-    store.results = results
+    store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
     store.write()
     return results
 

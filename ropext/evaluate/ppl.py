@@ -58,6 +58,8 @@ class Window:
 def select_documents(corpus: TokenizedCorpus, options: PerplexityOptions) -> list[int]:
     if options.mode not in ("truncate", "sliding"):
         raise RopextError(f"unknown --mode {options.mode!r}; use truncate or sliding")
+    if options.skip_docs < 0:
+        raise RopextError(f"--skip-docs must be 0 or more, got {options.skip_docs}")
     if options.max_docs < 1:
         raise RopextError(f"--max-docs must be at least 1, got {options.max_docs}")
     longest = max(options.lengths)
@@ -81,16 +83,17 @@ def windows_for(
         if options.mode == "truncate":
             yield Window(doc, 0, length, 0)
             continue
-        stride = options.stride or max(1, length // 2)
-        if not 0 < stride <= length:
-            raise RopextError(f"--stride must be between 1 and the window length {length}, got {stride}")
-        scored_until = 0  # global position of the first target not yet scored, minus one
+        stride = options.stride if options.stride is not None else max(1, length // 2)
+        if not 0 < stride < length:
+            raise RopextError(f"--stride must be between 1 and {length - 1} (below the window length), got {stride}")
+        scored_until = 0  # global position of the last target scored so far
         start = 0
         while True:
             stop = min(start + length, size)
-            begin = max(start, stop - length)  # the last window is full length, ending at the document's end
-            score_from = max(scored_until - begin, 0)
-            yield Window(doc, begin, stop, score_from)
+            begin = max(0, stop - length)  # every window is full length; the last one ends at the document's end
+            # Score only targets after scored_until; stride < length guarantees an overlap, so
+            # every target is scored exactly once.
+            yield Window(doc, begin, stop, max(scored_until - begin, 0))
             scored_until = stop - 1
             if stop >= size:
                 break
@@ -157,13 +160,16 @@ def evaluate_perplexity(
     prepared: PreparedModel, options: PerplexityOptions, tracker: Tracker, done: dict[str, Any] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Perplexity at every length of ``options``; lengths already in ``done`` are not recomputed."""
-    done = done or {}
-    corpus = tokenize_corpus(prepared.tokenizer, open_corpus(options.corpus))
+    corpus_files = open_corpus(options.corpus)
+    corpus = tokenize_corpus(prepared.tokenizer, corpus_files)
     documents = select_documents(corpus, options)
-    todo = [length for length in options.lengths if str(length) not in done]
+    # A finished length is reused only if it was measured on these very documents of this very corpus
+    # (a rerun with a longer --lengths may select other documents).
+    identity = {"documents": documents, "corpus_fingerprint": corpus_files.fingerprint}
+    results = {key: value for key, value in (done or {}).items() if all(value.get(k) == v for k, v in identity.items())}
+    todo = [length for length in options.lengths if str(length) not in results]
     total = sum(len(list(windows_for(corpus, documents, length, options))) for length in todo)
     tracker.begin(f"ppl {prepared.label}", total)
-    results = {key: value for key, value in done.items()}
     for length in todo:
         result = perplexity_at(
             prepared.model,
@@ -174,6 +180,6 @@ def evaluate_perplexity(
             prepared.device,
             on_window=lambda length=length: tracker.advance(f"ppl {prepared.label} @ {format_length(length)}"),
         )
-        results[str(length)] = result.to_dict()
-        tracker.finished(str(length), result.to_dict())
+        results[str(length)] = result.to_dict() | identity
+        tracker.finished(str(length), results[str(length)])
     return {str(length): results[str(length)] for length in options.lengths}

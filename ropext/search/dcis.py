@@ -37,7 +37,8 @@ class DcisParams:
     """Factors are clipped above at this value; default 1.25·s (LongRoPE's bound)."""
     spacing: str = "stratified"
     """How increments are drawn: ``stratified`` (one uniform draw in each of k equal sub-ranges) or
-    ``grid`` (k evenly spaced values, ends included, zero excluded)."""
+    ``grid`` (the first k of the k + 1 evenly spaced values from −r to r, zero excluded; for odd k the
+    grid cannot be symmetric without zero, so +r is the value left out)."""
     init: str = "yarn"
     """Closed-form method of the starting vector when no --from file is given."""
 
@@ -97,9 +98,13 @@ class Dcis:
     ) -> SearchResult:
         if params.candidates < 1:
             raise RopextError(f"dcis needs candidates >= 1, got {params.candidates}")
+        if params.levels is not None and params.levels < 1:
+            raise RopextError(f"dcis needs levels >= 1 (or unset for all), got {params.levels}")
+        if params.max_factor is not None and params.max_factor <= params.min_factor:
+            raise RopextError(f"dcis needs max_factor > min_factor, got {params.max_factor} <= {params.min_factor}")
         rng = random.Random(seed)
         low = params.min_factor
-        high = params.max_factor or 1.25 * space.scale
+        high = params.max_factor if params.max_factor is not None else 1.25 * space.scale
         current = Candidate(tuple(min(max(x, low), high) for x in space.initial[0]))
         score = objective([current])[0]
         history = [score]

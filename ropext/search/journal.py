@@ -47,6 +47,11 @@ class Journal:
             raise RopextError(f"journal {self.path} is not a ropext search journal; use another --journal")
         if header.get("version") != VERSION:
             raise RopextError(f"journal {self.path} has version {header.get('version')}; this ropext reads {VERSION}")
+        if header.get("search") != self.identity and not any(line.strip() for line in complete[1:]):
+            # A journal with no evaluation records nothing worth keeping: start it over.
+            with self.path.open("w") as handle:
+                handle.write(json.dumps({"format": FORMAT, "version": VERSION, "search": self.identity}) + "\n")
+            return
         if header.get("search") != self.identity:
             differing = sorted(
                 k

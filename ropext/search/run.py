@@ -109,11 +109,17 @@ def run_search(
     if base is not None:
         base.check_matches(layout, source=str(request.start_from))
     short = request.short_length is not None
+    if short and request.short_length < 2:
+        raise RopextError(f"--short-length must be at least 2 tokens, got {request.short_length}")
+    if request.skip_docs < 0:
+        raise RopextError(f"--skip-docs must be 0 or more, got {request.skip_docs}")
     if short and request.short_length > layout.original_max_position_embeddings:
         raise RopextError(
             f"--short-length {request.short_length} must not exceed the original context "
             f"{layout.original_max_position_embeddings}: short factors serve inputs up to it"
         )
+    if short and base is None:
+        raise RopextError("--short-length searches the short factors of --from FILE; give --from with the long factors")
     window_length = request.short_length if short else request.target_length
     scale = request.target_length / layout.original_max_position_embeddings
     attention_spec = request.attention or DEFAULT_ATTENTION.get(searcher.name, "none")
@@ -125,17 +131,16 @@ def run_search(
 
     def to_scaling(candidate: Candidate) -> RopeScaling:
         if short:
-            long = base.factors if base is not None else candidate.factors
             return RopeScaling(
                 method=searcher.name,
                 rope_theta=layout.rope_theta,
                 rotary_dim=layout.rotary_dim,
                 original_max_position_embeddings=layout.original_max_position_embeddings,
                 max_position_embeddings=request.target_length,
-                factors=long,
+                factors=base.factors,
                 short_factors=candidate.factors,
                 attention_factor=attention,
-                start_tokens=base.start_tokens if base is not None else 0,
+                start_tokens=base.start_tokens,
             )
         return RopeScaling(
             method=searcher.name,
@@ -168,11 +173,12 @@ def run_search(
         "short": short,
         "from": base.to_dict() if base is not None else None,
     }
-    journal = Journal(journal_path, identity)
     replicas = []
     for device in devices:
         model = load_model(source, device=device, dtype=resolve_dtype(request.dtype, device))
         replicas.append((model, device))
+    # Only now that everything loaded: a run that fails before this leaves no journal behind.
+    journal = Journal(journal_path, identity)
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     engine_options = replace(request.engine, candidates_per_batch=searcher.batch_hint(params))
     engine = PerplexityEngine(replicas, windows, unscaled, engine_options)

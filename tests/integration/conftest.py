@@ -10,30 +10,34 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from integration_support import pseudo_text
+from integration_support import (
+    DOCUMENT_WORDS,
+    HEAD_DIM,
+    ORIGINAL_CONTEXT,
+    ROPE_THETA,
+    SPECIAL_TOKENS,
+    TINY_VOCAB,
+    CorpusFiles,
+    pseudo_text,
+)
 
-TINY_VOCAB = 512
-"""BPE vocabulary (incl. specials): large enough that a passkey prompt fits in 128 tokens."""
-ORIGINAL_CONTEXT = 256
-HEAD_DIM = 16
-ROPE_THETA = 10000.0
-SPECIAL_TOKENS = ("<s>", "</s>")
-DOCUMENT_WORDS = (60, 1300, 1500, 1700, 1400)
-"""Words per corpus document: the first is short (< 256 tokens), the rest are 2000+ tokens long."""
 
+@pytest.fixture(scope="session", autouse=True)
+def _single_torch_thread() -> Iterator[None]:
+    """The tiny model's matrices are small: one intra-op thread is fastest, and far steadier when other
+    work shares the CPU (with two threads on a busy 2-core machine, a hundred tiny forward passes took
+    30x longer). Subprocesses get the same through OMP_NUM_THREADS."""
+    import torch
 
-@dataclass(frozen=True)
-class CorpusFiles:
-    folder: Path
-    """One .txt file per document (doc_00.txt, doc_01.txt, ... in corpus order)."""
-    jsonl: Path
-    """The same documents as ``{"id": i, "text": ...}`` records."""
-    jsonl_gz: Path
-    texts: tuple[str, ...]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -155,10 +159,11 @@ def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> CorpusFiles:
     for i, text in enumerate(texts):
         (folder / f"doc_{i:02d}.txt").write_text(text)
     lines = "".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(texts))
-    jsonl = root / "records.jsonl"
+    jsonl = root / "jsonl" / "records.jsonl"
+    jsonl_gz = root / "jsonl-gz" / "records.jsonl.gz"
+    for path in (jsonl, jsonl_gz):
+        path.parent.mkdir()
     jsonl.write_text(lines)
-    jsonl_gz = root / "records-gz" / "records.jsonl.gz"
-    jsonl_gz.parent.mkdir()
     jsonl_gz.write_bytes(gzip.compress(lines.encode()))
     return CorpusFiles(folder, jsonl, jsonl_gz, texts)
 

@@ -1,7 +1,6 @@
-"""Helpers shared by the integration tests: running the CLI, deterministic text, reading results.
-
-(Kept apart from conftest.py so test modules can import plain functions; the distinctive module name
-avoids clashing with helpers of other test folders on ``sys.path``.)
+"""Constants and helpers shared by the integration tests: the fixtures' dimensions, running the CLI,
+deterministic text. (conftest.py builds the fixtures; test modules import from here, since a module
+named ``conftest`` exists in every test folder. The distinctive name avoids clashes on ``sys.path``.)
 """
 
 from __future__ import annotations
@@ -17,6 +16,27 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+TINY_VOCAB = 512
+"""BPE vocabulary (incl. specials): large enough that a passkey prompt fits in 128 tokens."""
+ORIGINAL_CONTEXT = 256
+HEAD_DIM = 16
+ROPE_THETA = 10000.0
+SPECIAL_TOKENS = ("<s>", "</s>")
+DOCUMENT_WORDS = (60, 1300, 1500, 1700, 1400)
+"""Words per corpus document: the first is short (about 110 tokens), the rest are 2000+ tokens long."""
+
+
+@dataclass(frozen=True)
+class CorpusFiles:
+    folder: Path
+    """One .txt file per document (doc_00.txt, doc_01.txt, ... in corpus order)."""
+    jsonl: Path
+    """The same documents as ``{"id": i, "text": ...}`` records (alone in its folder)."""
+    jsonl_gz: Path
+    """The same records gzipped (alone in its folder)."""
+    texts: tuple[str, ...]
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "shi", "po", "ve", "den", "gar", "fo", "lu", "zen", "bri", "ol")

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from conftest import CorpusFiles
-from integration_support import assert_clean_error, assert_ok, read_json, run_cli, run_cli_subprocess
+from integration_support import (
+    CliResult,
+    CorpusFiles,
+    assert_clean_error,
+    assert_ok,
+    read_json,
+    run_cli,
+    run_cli_subprocess,
+)
 
 from ropext.methods import METHODS
 from ropext.model.loading import load_layout
@@ -42,11 +51,8 @@ def inputs(
     _, layout = load_layout(str(tiny_model))
     valid = folder / "valid.yaml"
     METHODS.get("yarn")(layout, 1024).save(valid)
-    wider = METHODS.get("yarn")(
-        type(layout)(**{**layout.__dict__, "head_dim": 32, "rotary_dim": 32}), 1024
-    )  # 16 factors, for a head dim the tiny model does not have
-    other_head_dim = folder / "head-dim-32.yaml"
-    wider.save(other_head_dim)
+    other_head_dim = folder / "head-dim-32.yaml"  # 16 factors; the tiny model rotates 16 dims (8 factors)
+    METHODS.get("yarn")(replace(layout, head_dim=32, rotary_dim=32), 1024).save(other_head_dim)
     return Inputs(
         model=tiny_model,
         config_only=config_only_model,
@@ -128,11 +134,26 @@ CASES: dict[str, Case] = {
 }
 
 
+@pytest.fixture(scope="module")
+def outcomes(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[CliResult, Path]]:
+    """Every case's run and its output path. The subprocesses are independent and mostly interpreter
+    start-up, so they run side by side, one per CPU core."""
+    folder = tmp_path_factory.mktemp("bad-input-outputs")
+
+    def run(numbered: tuple[int, str]) -> tuple[CliResult, Path]:
+        index, case = numbered
+        out = folder / f"case-{index}.json"
+        arguments, _ = CASES[case]
+        return run_cli_subprocess(*arguments(inputs)(out)), out
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(zip(CASES, pool.map(run, enumerate(CASES)), strict=True))
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_clean_error_line(case: str, inputs: Inputs, tmp_path: Path) -> None:
-    arguments, fragments = CASES[case]
-    out = tmp_path / "out.json"
-    result = run_cli_subprocess(*arguments(inputs)(out))
+def test_bad_input_is_one_clean_error_line(case: str, outcomes: dict[str, tuple[CliResult, Path]]) -> None:
+    result, out = outcomes[case]
+    _, fragments = CASES[case]
     assert_clean_error(result, *fragments)
     assert not out.exists()  # a failed run writes no result or scaling file
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from conftest import CorpusFiles
-from integration_support import assert_clean_error, assert_close, assert_ok, read_json, run_cli
+from integration_support import CorpusFiles, assert_clean_error, assert_close, assert_ok, read_json, run_cli
 
 from ropext.data.tokenized import encode
 from ropext.evaluate.passkey import FILLER, NEEDLE, QUESTION, TASK_INTRO, build_prompt
@@ -45,27 +43,30 @@ def _documents(tokenizer: Any, texts: tuple[str, ...], min_tokens: int) -> list[
 
 
 @torch.no_grad()
-def _summed_loss(model: Any, ids: list[int], scored: Callable[[int], bool] = lambda position: True) -> float:
-    """transformers' mean loss times its count: NLL summed over the targets at the positions ``scored`` accepts."""
+def _summed_loss(model: Any, ids: list[int], first_target: int = 1) -> tuple[float, int]:
+    """transformers' mean loss times its count: the NLL of ``ids[first_target:]`` summed, and the count."""
     input_ids = torch.tensor([ids])
-    labels = torch.tensor(
-        [[token if position > 0 and scored(position) else -100 for position, token in enumerate(ids)]]
-    )
-    count = int((labels[0, 1:] != -100).sum())
-    return model(input_ids=input_ids, labels=labels).loss.item() * count
+    labels = input_ids.clone()
+    labels[0, :first_target] = -100  # transformers' loss ignores these targets
+    count = len(ids) - max(first_target, 1)
+    return model(input_ids=input_ids, labels=labels).loss.item() * count, count
 
 
 def _sliding_reference(model: Any, doc: list[int], length: int, stride: int) -> tuple[float, int]:
-    """Windows of ``length`` every ``stride`` tokens; each target scored once, by the first window predicting it."""
-    total, scored_until = 0.0, 0  # targets at positions <= scored_until are done
+    """Full windows of ``length`` every ``stride`` tokens (the last one ending at the document's end); each
+    target scored once, by the first window predicting it.
+
+    Returns the summed NLL and the number of targets scored.
+    """
+    total, count, scored_until = 0.0, 0, 0  # the targets at positions 1..scored_until are done
     for start in range(0, len(doc), stride):
         stop = min(start + length, len(doc))
-        first_new = scored_until + 1
-        total += _summed_loss(model, doc[start:stop], lambda position, start=start: start + position >= first_new)
-        scored_until = stop - 1
+        begin = max(0, stop - length)
+        window_total, window_count = _summed_loss(model, doc[begin:stop], first_target=scored_until + 1 - begin)
+        total, count, scored_until = total + window_total, count + window_count, stop - 1
         if stop == len(doc):
             break
-    return total, scored_until
+    return total, count
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_ppl_equals_transformers_own_loss(baseline: dict[str, Any], reference, c
     assert len(documents) == MAX_DOCS
     assert len(encode(tokenizer, corpus_files.texts[0])) < max(LENGTHS)  # so the short first document is skipped
     for length in LENGTHS:
-        total = sum(_summed_loss(model, doc[:length]) for doc in documents)
+        total = sum(_summed_loss(model, doc[:length])[0] for doc in documents)
         expected = math.exp(total / (MAX_DOCS * (length - 1)))
         assert_close(baseline["results"][str(length)]["ppl"], expected)
 
@@ -156,14 +157,17 @@ def test_result_file_of_another_run_is_refused_and_kept(
 # ---------------------------------------------------------------- passkey
 
 
-def test_passkey_cli_reports_accuracy_per_depth(tiny_model: Path, tmp_path: Path) -> None:
-    json_out = tmp_path / "passkey.json"
+def _passkey(model: Path, lengths: str, json_out: Path) -> dict[str, Any]:
     result = run_cli(
-        "eval", "passkey", "--model", tiny_model, "--lengths", "128", "--depths", "0,1", "--trials", "2",
+        "eval", "passkey", "--model", model, "--lengths", lengths, "--depths", "0,1", "--trials", "2",
         "--json", json_out, "--device", "cpu",
     )  # fmt: skip
     assert_ok(result)
-    document = read_json(json_out)
+    return read_json(json_out)
+
+
+def test_passkey_cli_reports_accuracy_per_depth(tiny_model: Path, tmp_path: Path) -> None:
+    document = _passkey(tiny_model, "128", tmp_path / "passkey.json")
     assert document["task"] == "passkey"
     outcome = document["results"]["128"]
     assert 0.0 <= outcome["accuracy"] <= 1.0
@@ -192,3 +196,12 @@ def test_passkey_prompt_fits_and_hides_the_key_at_its_depth(reference, length: i
         assert text.startswith(TASK_INTRO + needle + FILLER)
     else:
         assert text.endswith(FILLER + needle + QUESTION)
+
+
+def test_passkey_rerun_with_more_lengths_resumes(tiny_model: Path, tmp_path: Path) -> None:
+    json_out = tmp_path / "passkey-resume.json"
+    first = _passkey(tiny_model, "128", json_out)
+    second = _passkey(tiny_model, "128,200", json_out)  # the same run, extended: not "a different run"
+    assert second["results"]["128"] == first["results"]["128"]
+    assert list(second["results"]) == ["128", "200"]
+    assert all(sample["prompt_tokens"] <= 200 for sample in second["results"]["200"]["samples"])

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import HEAD_DIM, ORIGINAL_CONTEXT, ROPE_THETA
-from integration_support import PNG_MAGIC, assert_ok, run_cli
+from integration_support import HEAD_DIM, ORIGINAL_CONTEXT, PNG_MAGIC, ROPE_THETA, assert_ok, run_cli
 
 import ropext
 from ropext.methods import METHODS
