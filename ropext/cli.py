@@ -379,6 +379,11 @@ def inspect(
         render_table(scaling, report)
 
 
+# Commands that live in their own modules (ropext/commands/), registered here.
+# <registered commands: one line each>
+# </registered commands>
+
+
 def main() -> None:
     """Console entry point: one-line errors for bad input, no tracebacks, status 2."""
     import click
