@@ -184,6 +184,8 @@ def run_search(
     engine = PerplexityEngine(replicas, windows, unscaled, engine_options)
     engine.cache.update(journal.scores())
     replayed = len(engine.cache)
+    # Seconds spent by earlier, interrupted runs of this search: the journal's largest "elapsed".
+    earlier = max((float(e.get("elapsed", e.get("t", 0.0))) for e in journal.entries.values()), default=0.0)
     expected = searcher.expected_evaluations(space, params)
     best = [min(engine.cache.values(), default=math.inf)]
 
@@ -191,7 +193,11 @@ def run_search(
         vector = scaling.short_factors if short else scaling.factors
         journal.append(
             key,
-            {"factors": list(vector), "start_tokens": scaling.start_tokens, "t": round(time.perf_counter() - began, 3)},
+            {
+                "factors": list(vector),
+                "start_tokens": scaling.start_tokens,
+                "elapsed": round(earlier + time.perf_counter() - began, 3),
+            },
             score,
         )
         best[0] = min(best[0], score)
@@ -230,7 +236,7 @@ def run_search(
         score = entry["score"]
     finally:
         journal.close()
-    seconds = time.perf_counter() - began
+    seconds = earlier + time.perf_counter() - began  # the whole search, over all its runs
     return winner.with_provenance(
         searcher=searcher.name,
         params=asdict(params),
