@@ -381,6 +381,7 @@ def inspect(
 
 # Commands that live in their own modules (ropext/commands/), registered here.
 # <registered commands: one line each>
+app.command()(__import__("ropext.commands.export_command", fromlist=["export"]).export)
 # </registered commands>
 
 

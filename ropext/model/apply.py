@@ -41,9 +41,14 @@ def rope_parameters_for(scaling: RopeScaling, current: dict[str, Any]) -> dict[s
 
 
 def configure(config: Any, scaling: RopeScaling) -> None:
-    """Write ``scaling`` into a (text) config in place."""
+    """Write ``scaling`` into a (text) config in place: transformers' own closed-form type (linear, yarn,
+    llama3) where it computes the scaling's frequencies to float32 precision, else the exact vector as
+    longrope (dynamic NTK as dynamic). `ropext export` writes the same dict, so a patched model and its
+    exported checkpoint compute the same logits."""
+    from ropext.export import closed_form_rope_parameters
+
     current, layer_type = rope_dict(config)
-    new = rope_parameters_for(scaling, current)
+    new = closed_form_rope_parameters(scaling, current, config) or rope_parameters_for(scaling, current)
     if layer_type is None:
         config.rope_parameters = new
     else:

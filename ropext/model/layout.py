@@ -68,8 +68,15 @@ def read_layout(config: Any, name: str = "model") -> RotaryLayout:
         params.get("original_max_position_embeddings")
         or getattr(config, "original_max_position_embeddings", None)  # Phi-3 keeps it at the top level
     )
+    rope_type = params.get("rope_type", "default")
+    if original is None and rope_type == "linear" and params.get("factor"):
+        # transformers' linear type stretches every position by `factor` over max_position_embeddings
+        # (how ropext writes PI, and how linear-scaled checkpoints advertise their length).
+        original = round(config.max_position_embeddings / params["factor"])
+    if original is None and rope_type == "dynamic":
+        original = config.max_position_embeddings  # dynamic NTK measures inputs against it
     if original is None:
-        if params.get("rope_type", "default") != "default":
+        if rope_type != "default":
             raise RopextError(
                 f"model {name} already carries a {params['rope_type']} scaling but its config does not say "
                 "its original context length; add original_max_position_embeddings to its rope_parameters"

@@ -191,7 +191,9 @@ def test_apply_sets_float32_inv_freq_and_attention_factor(arch_name: str, method
         assert rotary.attention_scaling == 1.0
         assert model.config.max_position_embeddings == ORIGINAL
     else:
-        assert torch.equal(rotary.inv_freq, scaling.inv_freq())
+        # Closed-form methods go through transformers' own type, which rounds within 1e-6 of ropext's vector.
+        torch.testing.assert_close(rotary.inv_freq, scaling.inv_freq(), rtol=1e-6, atol=0)
+        assert rotary.inv_freq.dtype == torch.float32
         assert rotary.attention_scaling == pytest.approx(scaling.attention_factor, rel=1e-12)
         assert model.config.max_position_embeddings == TARGET
     verify_scaling(model, scaling)  # the applied model passes its own check
@@ -403,7 +405,7 @@ def test_gemma3_rescales_full_attention_only(method: str) -> None:
     apply_scaling(model, scaling)
     rotary = _rotary(model)
     assert rotary.full_attention_inv_freq.dtype == torch.float32
-    assert torch.equal(rotary.full_attention_inv_freq, scaling.inv_freq())
+    torch.testing.assert_close(rotary.full_attention_inv_freq, scaling.inv_freq(), rtol=1e-6, atol=0)
     assert rotary.full_attention_attention_scaling == pytest.approx(scaling.attention_factor, rel=1e-12)
     assert torch.equal(rotary.sliding_attention_inv_freq, sliding_before)
     assert rotary.sliding_attention_attention_scaling == 1.0
@@ -454,3 +456,24 @@ def test_verify_accepts_both_vectors_after_long_and_short_inputs() -> None:
         model(torch.zeros(1, ORIGINAL + 8, dtype=torch.long))
     assert torch.equal(_rotary(model).inv_freq, scaling.inv_freq())
     verify_scaling(model, scaling)
+
+
+@pytest.mark.parametrize(
+    ("method", "native"),
+    [("pi", "linear"), ("yarn", "yarn"), ("llama3", "llama3"), ("dprope", "longrope"), ("ntk", "longrope")],
+)
+def test_closed_form_methods_use_transformers_native_types(method: str, native: str) -> None:
+    # The same dict `ropext export` writes: a patched model and its checkpoint compute the same.
+    model, _ = _scaled_model(ARCH_BY_NAME["llama"], method)
+    assert model.config.rope_parameters["rope_type"] == native
+
+
+def test_scalings_can_be_applied_one_after_another_to_the_same_model() -> None:
+    # `ropext.compare` evaluates several methods on one loaded model: each application must start
+    # from the model's original layout, whatever type the previous one wrote (linear, dynamic...).
+    model = _model(ARCH_BY_NAME["llama"])
+    layout = read_layout(model.config)
+    for name in ("pi", "dynamic", "yarn", "none", "dprope", "llama3", "pi"):
+        scaling = METHODS.get(name)(layout, TARGET)
+        apply_scaling(model, scaling)
+        assert read_layout(model.config) == layout
