@@ -382,6 +382,7 @@ def inspect(
 # Commands that live in their own modules (ropext/commands/), registered here.
 # <registered commands: one line each>
 app.command()(__import__("ropext.commands.export_command", fromlist=["export"]).export)
+eval_app.command("ruler")(__import__("ropext.commands.ruler_command", fromlist=["eval_ruler"]).eval_ruler)
 # </registered commands>
 
 

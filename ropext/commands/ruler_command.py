@@ -1,0 +1,88 @@
+"""``ropext eval ruler``: RULER's synthetic long-context tasks (docs/ruler.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def eval_ruler(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
+    ],
+    lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths, e.g. 4k,8k,16k,32k.")],
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")
+    ] = "all",
+    factors: Annotated[Path | None, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", help="A closed-form method to apply instead of --factors (see `ropext ls`)."),
+    ] = None,
+    target_length: Annotated[
+        str | None, typer.Option("--target-length", "-t", help="Target context for --method: 32768, 32k, 1m.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Prompts per task and length.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the samples: the same seed gives the same prompts.")] = 0,
+    haystack_corpus: Annotated[
+        str | None,
+        typer.Option(help="Essay text for the essay-haystack NIAH tasks, as --corpus (default: noise sentences)."),
+    ] = None,
+    qa_data: Annotated[
+        list[Path] | None,
+        typer.Option(help="SQuAD-style JSON (enables qa_1) and/or HotpotQA-style JSON (qa_2); repeatable."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts generated together (left-padded).")] = 1,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Tokens generated per answer for every task (default: RULER's per task).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default: cuda when present.")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write results after every task and length; rerunning resumes.")
+    ] = None,
+) -> None:
+    """RULER scores per task and length, and their average (greedy decoding)."""
+    from ropext.cli import _prepare, _print_table, _run_task
+    from ropext.data.corpus import open_corpus
+    from ropext.evaluate.ruler.run import RulerOptions
+    from ropext.evaluate.ruler.tasks import load_qa_data
+    from ropext.lengths import parse_lengths
+
+    options = RulerOptions(
+        lengths=tuple(parse_lengths(lengths)),
+        samples=samples,
+        seed=seed,
+        haystack_corpus=haystack_corpus,
+        max_new_tokens=max_new_tokens,
+        tasks=tasks,
+        qa_data=tuple(str(path) for path in qa_data or ()),
+        batch_size=batch_size,
+    )
+    # Bad input fails here, before the model is loaded.
+    load_qa_data(options.qa_data)
+    if haystack_corpus is not None:
+        open_corpus(haystack_corpus)
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    document = _run_task("ruler", prepared, options, json_out)
+    table, columns = _score_table(document)
+    _print_table(table, columns)
+
+
+def _score_table(document: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The document with each length's result flattened to ``{"average", task: score}`` for the table."""
+    from ropext.evaluate.ruler.tasks import ALL_TASKS
+
+    present = {task for result in document["results"].values() for task in result.get("tasks", {})}
+    columns = ("average", *(task for task in ALL_TASKS if task in present))
+    rows = {
+        length: {"average": result.get("average")}
+        | {task: entry.get("score") for task, entry in result.get("tasks", {}).items()}
+        for length, result in document["results"].items()
+    }
+    return {**document, "results": rows}, columns

@@ -1,0 +1,205 @@
+"""``ropext eval ruler``: RULER's tasks at each length, greedy decoding in batches, scored as RULER.
+
+Results per length: ``{"tasks": {task: {"score", "samples": [...], ...}}, "average"}``, saved after every
+(task, length). A rerun skips the (task, length) pairs already in the result file, so adding tasks or
+lengths to a finished run computes only what is new.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass
+from typing import Any
+
+import torch
+
+from ropext.errors import RopextError
+from ropext.evaluate.progress import Tracker
+from ropext.evaluate.ruler.prompts import build_prompt, special_prefix
+from ropext.evaluate.ruler.scoring import score
+from ropext.evaluate.ruler.tasks import (
+    ALL_TASKS,
+    QA_UNAVAILABLE,
+    SPECS,
+    QaData,
+    Resources,
+    corpus_haystack,
+    load_qa_data,
+    make_sample,
+    noise_haystack,
+    parse_tasks,
+)
+from ropext.lengths import format_length
+from ropext.model.prepared import PreparedModel
+
+DEFAULT_SAMPLES = 20
+_CHARS_PER_TOKEN = 8
+"""Essay text read per token of the longest length: more than any tokenizer needs (it wraps around anyway)."""
+
+
+@dataclass(frozen=True)
+class RulerOptions:
+    """What a RULER result means (these fields are stored, and a rerun must repeat them), plus three
+    init-only choices that are not stored: which tasks to run, question files, batch size.
+
+    ``tasks``, ``qa_data`` and ``batch_size`` only choose what to compute and how, so a rerun may change
+    them and extend the same result file (a QA result records its own data file's sha256 and is redone when
+    the file changes). As init-only values they are lost by ``dataclasses.replace``: pass them again.
+    """
+
+    lengths: tuple[int, ...]
+    """Prompt lengths in tokens: every prompt is at most this long, within one haystack unit."""
+    samples: int = DEFAULT_SAMPLES
+    """Prompts per task and length."""
+    seed: int = 0
+    """Sample ``i`` of a task at a length is drawn from ``random.Random(f"{seed}-{task}-{length}-{i}")``."""
+    haystack_corpus: str | None = None
+    """Essay-like text for niah_single_2/3, niah_multikey_1, niah_multivalue and niah_multiquery (as
+    ``--corpus``: files, folder, hub dataset, python-stdlib); None: RULER's noise sentences."""
+    max_new_tokens: int | None = None
+    """Tokens generated per answer for every task; None: RULER's (niah 128, vt 30, cwe 120, fwe 50, qa 32)."""
+    tasks: InitVar[str | Sequence[str]] = ALL_TASKS
+    """Comma-separated names or a sequence; "all": RULER's 13 tasks."""
+    qa_data: InitVar[Sequence[str]] = ()
+    """A SQuAD-style file (enables qa_1) and/or a HotpotQA-style file (qa_2)."""
+    batch_size: InitVar[int] = 1
+    """Prompts generated together (left-padded)."""
+
+    def __post_init__(self, tasks: str | Sequence[str], qa_data: Sequence[str], batch_size: int) -> None:
+        if not self.lengths:
+            raise RopextError("no lengths given: write them comma-separated, e.g. --lengths 4k,8k,16k")
+        if self.samples < 1:
+            raise RopextError(f"--samples must be at least 1, got {self.samples}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise RopextError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if batch_size < 1:
+            raise RopextError(f"--batch-size must be at least 1, got {batch_size}")
+        object.__setattr__(self, "tasks", parse_tasks(tasks))
+        object.__setattr__(self, "qa_data", tuple(str(path) for path in qa_data))
+        object.__setattr__(self, "batch_size", batch_size)
+
+
+def generate_batch(prepared: PreparedModel, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    """Greedy continuations of ``prompts`` together: left padding, attention mask, the KV cache."""
+    tokenizer = prepared.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = 0 if pad is None else pad
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=prepared.device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=prepared.device)
+    with torch.inference_mode():
+        out = prepared.model.generate(
+            input_ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
+
+
+def _is_done(entry: dict[str, Any] | None, task: str, qa: dict[str, QaData]) -> bool:
+    if entry is None:
+        return False
+    if "unavailable" in entry:
+        return task not in qa  # question data given now: compute it
+    if task in qa:  # a QA result stands for its data file
+        return entry.get("data", {}).get("sha256") == qa[task].sha256
+    return True
+
+
+def _average(tasks: dict[str, Any]) -> float | None:
+    scores = [entry["score"] for entry in tasks.values() if entry.get("score") is not None]
+    return sum(scores) / len(scores) if scores else None
+
+
+def _ordered(tasks: dict[str, Any]) -> dict[str, Any]:
+    rank = {name: i for i, name in enumerate(ALL_TASKS)}
+    return dict(sorted(tasks.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
+def evaluate_ruler(
+    prepared: PreparedModel, options: RulerOptions, tracker: Tracker, done: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every requested (task, length) not in ``done``: prompts fitted to the length, greedy answers, scores."""
+    done = done or {}
+    tasks: tuple[str, ...] = options.tasks
+    qa = load_qa_data(options.qa_data)
+    todo = {
+        length: [t for t in tasks if not _is_done(done.get(str(length), {}).get("tasks", {}).get(t), t, qa)]
+        for length in options.lengths
+    }
+    runnable = [(length, t) for length, names in todo.items() for t in names if SPECS[t].family != "qa" or t in qa]
+    needs_essay = any(SPECS[t].niah is not None and SPECS[t].niah.haystack == "essay" for _, t in runnable)
+    if needs_essay and options.haystack_corpus is not None:
+        essay = corpus_haystack(options.haystack_corpus, _CHARS_PER_TOKEN * max(options.lengths))
+    else:
+        essay = noise_haystack()
+    resources = Resources(essay, qa)
+    prefix = special_prefix(prepared.tokenizer)
+    tracker.begin(f"ruler {prepared.label}", len(runnable) * options.samples)
+
+    results: dict[str, dict[str, Any]] = {}
+    for length in options.lengths:
+        key = str(length)
+        entry = done.get(key, {})
+        finished = dict(entry.get("tasks", {}))
+        for task in todo[length]:
+            if SPECS[task].family == "qa" and task not in qa:
+                finished[task] = {"score": None, "unavailable": QA_UNAVAILABLE[task]}
+            else:
+                finished[task] = _evaluate_task(prepared, options, task, length, resources, prefix, tracker)
+            finished = _ordered(finished)
+            entry = {"tasks": finished, "average": _average(finished)}
+            tracker.finished(key, entry)
+        results[key] = entry
+    return results
+
+
+def _evaluate_task(
+    prepared: PreparedModel,
+    options: RulerOptions,
+    task: str,
+    length: int,
+    resources: Resources,
+    prefix: list[int],
+    tracker: Tracker,
+) -> dict[str, Any]:
+    spec = SPECS[task]
+    max_new_tokens = options.max_new_tokens or spec.max_new_tokens
+    batch_size: int = options.batch_size
+    began = time.perf_counter()
+    samples: list[dict[str, Any]] = []
+    hint = None
+    for start in range(0, options.samples, batch_size):
+        batch = []
+        for index in range(start, min(start + batch_size, options.samples)):
+            sample = make_sample(task, options.seed, length, index, resources)
+            prompt = build_prompt(prepared.tokenizer, sample, length, prefix, hint)
+            hint = prompt.units
+            batch.append((sample, prompt))
+        outputs = generate_batch(prepared, [prompt.ids for _, prompt in batch], max_new_tokens)
+        for (sample, prompt), output in zip(batch, outputs, strict=True):
+            samples.append(
+                {
+                    "expected": list(sample.expected),
+                    "output": output.strip(),
+                    "score": score(spec.metric, output, sample.expected),
+                    "prompt_tokens": len(prompt.ids),
+                }
+            )
+            tracker.advance(f"ruler {task} @ {format_length(length)}")
+    result: dict[str, Any] = {
+        "score": sum(s["score"] for s in samples) / len(samples),
+        "metric": spec.metric,
+        "max_new_tokens": max_new_tokens,
+        "seconds": round(time.perf_counter() - began, 3),
+        "samples": samples,
+    }
+    if spec.niah is not None and spec.niah.haystack == "essay":
+        result["haystack"] = resources.essay.name
+    if task in resources.qa:
+        data = resources.qa[task]
+        result["data"] = {"path": data.path, "sha256": data.sha256}
+    return result

@@ -1,0 +1,216 @@
+"""`ropext eval ruler` on the tiny Llama: the result file, resuming, question data, bad input.
+
+The tiny tokenizer spends about one token per three characters of RULER's English templates, so prompts
+are 1024 tokens here (the longest template, niah_multiquery's, takes about 440).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from integration_support import CorpusFiles, assert_clean_error, assert_ok, read_json, run_cli
+
+from ropext.evaluate.ruler import run as ruler_run
+from ropext.evaluate.ruler.prompts import build_prompt, special_prefix
+from ropext.evaluate.ruler.tasks import ALL_TASKS, QA_TASKS, make_sample
+
+LENGTH = 1024
+FOUR = ("niah_single_1", "vt", "cwe", "fwe")
+
+
+def _ruler(model: Path, json_out: Path, *extra: str | Path, samples: int = 2) -> dict[str, Any]:
+    result = run_cli(
+        "eval", "ruler", "--model", model, "--lengths", str(LENGTH), "--samples", str(samples),
+        "--max-new-tokens", "4", "--device", "cpu", "--json", json_out, *extra,
+    )  # fmt: skip
+    assert_ok(result)
+    return read_json(json_out)
+
+
+@pytest.fixture
+def generated(monkeypatch: pytest.MonkeyPatch) -> list[list[list[int]]]:
+    """Every batch of prompts handed to the model, in order."""
+    batches: list[list[list[int]]] = []
+    original = ruler_run.generate_batch
+
+    def counting(prepared, prompts, max_new_tokens):
+        batches.append(prompts)
+        return original(prepared, prompts, max_new_tokens)
+
+    monkeypatch.setattr(ruler_run, "generate_batch", counting)
+    return batches
+
+
+@pytest.fixture(scope="module")
+def four_tasks(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return _ruler(tiny_model, tmp_path_factory.mktemp("ruler") / "four.json", "--tasks", ",".join(FOUR))
+
+
+def test_results_hold_a_score_per_task_and_the_average(four_tasks: dict[str, Any], tiny_model: Path) -> None:
+    assert four_tasks["task"] == "ruler"
+    assert four_tasks["model"] == str(tiny_model)
+    assert four_tasks["options"] == {
+        "lengths": [LENGTH], "samples": 2, "seed": 0, "haystack_corpus": None, "max_new_tokens": 4,
+    }  # fmt: skip
+    assert list(four_tasks["results"]) == [str(LENGTH)]
+    outcome = four_tasks["results"][str(LENGTH)]
+    assert list(outcome["tasks"]) == list(FOUR)
+    for task, entry in outcome["tasks"].items():
+        assert 0.0 <= entry["score"] <= 1.0
+        assert len(entry["samples"]) == 2
+        for sample in entry["samples"]:
+            assert set(sample) == {"expected", "output", "score", "prompt_tokens"}
+            assert isinstance(sample["output"], str) and sample["expected"]
+            assert 0.0 <= sample["score"] <= 1.0
+            assert LENGTH - 64 <= sample["prompt_tokens"] <= LENGTH, task
+        assert entry["score"] == pytest.approx(sum(s["score"] for s in entry["samples"]) / 2)
+        assert entry["max_new_tokens"] == 4 and entry["metric"] == "string_match_all"
+    assert outcome["average"] == pytest.approx(sum(e["score"] for e in outcome["tasks"].values()) / len(FOUR))
+
+
+def test_results_are_the_generated_samples(four_tasks: dict[str, Any], tiny_tokenizer) -> None:
+    """The CLI evaluates exactly the samples the generators make for seed 0, fitted to the length."""
+    prefix = special_prefix(tiny_tokenizer)
+    for task, entry in four_tasks["results"][str(LENGTH)]["tasks"].items():
+        for index, stored in enumerate(entry["samples"]):
+            sample = make_sample(task, 0, LENGTH, index)
+            assert stored["expected"] == list(sample.expected)
+            assert stored["prompt_tokens"] == len(build_prompt(tiny_tokenizer, sample, LENGTH, prefix).ids)
+
+
+def test_all_tasks_without_question_data_lists_qa_as_unavailable(tiny_model: Path, tmp_path: Path) -> None:
+    document = _ruler(tiny_model, tmp_path / "all.json", "--tasks", "all", samples=1)
+    tasks = document["results"][str(LENGTH)]["tasks"]
+    assert list(tasks) == list(ALL_TASKS)
+    for task in QA_TASKS:
+        assert tasks[task]["score"] is None
+        assert "--qa-data" in tasks[task]["unavailable"]
+    scored = [entry["score"] for task, entry in tasks.items() if task not in QA_TASKS]
+    assert all(0.0 <= s <= 1.0 for s in scored)
+    assert document["results"][str(LENGTH)]["average"] == pytest.approx(sum(scored) / len(scored))
+
+
+def test_a_rerun_with_an_added_task_generates_only_that_task(
+    tiny_model: Path, tmp_path: Path, generated: list[list[list[int]]], tiny_tokenizer
+) -> None:
+    json_out = tmp_path / "resume.json"
+    first = _ruler(tiny_model, json_out, "--tasks", "niah_single_1,cwe")
+    assert len(generated) == 4  # 2 tasks x 2 samples, one at a time
+    generated.clear()
+    second = _ruler(tiny_model, json_out, "--tasks", "niah_single_1,vt,cwe")
+    before, after = first["results"][str(LENGTH)]["tasks"], second["results"][str(LENGTH)]["tasks"]
+    assert list(after) == ["niah_single_1", "vt", "cwe"]
+    assert after["niah_single_1"] == before["niah_single_1"] and after["cwe"] == before["cwe"]  # seconds included
+    assert len(generated) == 2
+    assert all(tiny_tokenizer.decode(batch[0]).startswith("Memorize and track") for batch in generated)
+    generated.clear()
+    unchanged = json_out.read_text()
+    third = _ruler(tiny_model, json_out, "--tasks", "vt")  # fewer tasks: nothing to do, nothing lost
+    assert generated == [] and json_out.read_text() == unchanged and third == second
+
+
+def test_a_rerun_with_other_samples_is_another_run(tiny_model: Path, tmp_path: Path) -> None:
+    json_out = tmp_path / "other.json"
+    _ruler(tiny_model, json_out, "--tasks", "fwe", samples=1)
+    before = json_out.read_bytes()
+    result = run_cli(
+        "eval", "ruler", "--model", tiny_model, "--lengths", str(LENGTH), "--samples", "2", "--tasks", "fwe",
+        "--max-new-tokens", "4", "--device", "cpu", "--json", json_out,
+    )  # fmt: skip
+    assert_clean_error(result, "different run")
+    assert json_out.read_bytes() == before
+
+
+def test_batches_give_the_answers_of_single_prompts(tiny_model: Path, tmp_path: Path) -> None:
+    tasks = ("--tasks", "niah_multikey_3,fwe")  # prompts of different lengths: left padding is exercised
+    single = _ruler(tiny_model, tmp_path / "single.json", *tasks, samples=3)
+    batched = _ruler(tiny_model, tmp_path / "batched.json", *tasks, "--batch-size", "3", samples=3)
+    for task in ("niah_multikey_3", "fwe"):
+        ones, threes = (doc["results"][str(LENGTH)]["tasks"][task]["samples"] for doc in (single, batched))
+        assert [s["output"] for s in ones] == [s["output"] for s in threes]
+    lengths = [s["prompt_tokens"] for s in single["results"][str(LENGTH)]["tasks"]["niah_multikey_3"]["samples"]]
+    assert len(set(lengths)) > 1
+
+
+def _question_files(folder: Path) -> tuple[Path, Path]:
+    squad = {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": f"Harbor {i} was built by the engineer Mira Vale in the year {1800 + i}.",
+                        "qas": [{"question": f"Who built harbor {i}?", "answers": [{"text": "Mira Vale"}]}],
+                    }
+                    for i in range(40)
+                ]
+            }
+        ]
+    }
+    hotpot = [
+        {
+            "question": f"Which river flows past the old mill of town {i}?",
+            "answer": f"river {i}",
+            "context": [[f"Town {i}", [f"Town {i} has an old mill. ", f"It stands by river {i}."]]],
+        }
+        for i in range(40)
+    ]
+    (folder / "squad.json").write_text(json.dumps(squad))
+    (folder / "hotpot.json").write_text(json.dumps(hotpot))
+    return folder / "squad.json", folder / "hotpot.json"
+
+
+def test_question_data_given_later_fills_in_the_qa_tasks(tiny_model: Path, tmp_path: Path) -> None:
+    squad, hotpot = _question_files(tmp_path)
+    json_out = tmp_path / "qa.json"
+    first = _ruler(tiny_model, json_out, "--tasks", "qa_1,qa_2")
+    assert all("unavailable" in e for e in first["results"][str(LENGTH)]["tasks"].values())
+    assert first["results"][str(LENGTH)]["average"] is None
+    second = _ruler(tiny_model, json_out, "--tasks", "qa_1,qa_2", "--qa-data", squad, "--qa-data", hotpot)
+    tasks = second["results"][str(LENGTH)]["tasks"]
+    for task, path in (("qa_1", squad), ("qa_2", hotpot)):
+        entry = tasks[task]
+        assert entry["metric"] == "string_match_part" and 0.0 <= entry["score"] <= 1.0
+        assert entry["data"]["path"] == str(path) and len(entry["data"]["sha256"]) == 64
+        assert all(LENGTH - 100 <= s["prompt_tokens"] <= LENGTH for s in entry["samples"])
+    assert tasks["qa_1"]["samples"][0]["expected"] == ["Mira Vale"]
+    assert tasks["qa_2"]["samples"][0]["expected"][0].startswith("river ")
+
+
+def test_essay_haystack_from_a_corpus_is_recorded(tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path) -> None:
+    document = _ruler(
+        tiny_model, tmp_path / "essay.json", "--tasks", "niah_single_1,niah_single_2",
+        "--haystack-corpus", corpus_files.folder, samples=1,
+    )  # fmt: skip
+    tasks = document["results"][str(LENGTH)]["tasks"]
+    assert tasks["niah_single_2"]["haystack"] == str(corpus_files.folder)
+    assert "haystack" not in tasks["niah_single_1"]  # noise lines: no corpus involved
+    assert document["options"]["haystack_corpus"] == str(corpus_files.folder)
+
+
+def test_unknown_task_is_a_clean_error_with_a_suggestion(tiny_model: Path) -> None:
+    result = run_cli("eval", "ruler", "--model", tiny_model, "--lengths", "1k", "--tasks", "vt,niah_singel_2")
+    assert_clean_error(result, "niah_singel_2", "Did you mean 'niah_single_2'")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [('{"questions": []}', "neither"), ('[{"question": "q", "answer": "a"}]', "has no 'context'"), ("{", "not JSON")],
+)
+def test_question_data_in_the_wrong_format_is_a_clean_error(
+    tiny_model: Path, tmp_path: Path, content: str, fragment: str
+) -> None:
+    path = tmp_path / "questions.json"
+    path.write_text(content)
+    result = run_cli("eval", "ruler", "--model", tiny_model, "--lengths", "1k", "--tasks", "qa_1", "--qa-data", path)
+    assert_clean_error(result, "--qa-data", "SQuAD-style", fragment)
+
+
+def test_a_length_too_short_for_a_task_is_a_clean_error(tiny_model: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "eval", "ruler", "--model", tiny_model, "--lengths", "256", "--tasks", "niah_multiquery",
+        "--device", "cpu", "--json", tmp_path / "short.json",
+    )  # fmt: skip
+    assert_clean_error(result, "niah_multiquery does not fit in 256 tokens")

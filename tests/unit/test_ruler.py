@@ -1,0 +1,490 @@
+"""RULER's generators, prompt fitting and scoring (ropext.evaluate.ruler), with a small real BPE tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ropext.data.tokenized import encode
+from ropext.errors import RopextError
+from ropext.evaluate.ruler.prompts import build_prompt, fit_units, special_prefix
+from ropext.evaluate.ruler.scoring import postprocess, score, string_match_all, string_match_part
+from ropext.evaluate.ruler.tasks import (
+    ALL_TASKS,
+    CWE_COMMON,
+    CWE_WORDS,
+    DEPTHS,
+    NEEDLE,
+    NOISE,
+    QA_TASKS,
+    SPECS,
+    Resources,
+    TaskSample,
+    corpus_haystack,
+    cwe_frequencies,
+    fwe_counts,
+    load_qa_data,
+    make_sample,
+    parse_tasks,
+    split_sentences,
+)
+
+SYNTHETIC = tuple(task for task in ALL_TASKS if task not in QA_TASKS)
+NIAH = tuple(task for task in ALL_TASKS if task.startswith("niah"))
+SPECIALS = ("<s>", "</s>")
+
+
+class _Tokenizer:
+    """The two things ropext asks of a tokenizer here, over a `tokenizers` backend (no transformers import)."""
+
+    def __init__(self, backend) -> None:
+        self.backend_tokenizer = backend
+
+    def __call__(self, text: str, add_special_tokens: bool = True, **_) -> dict[str, list[int]]:
+        return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> _Tokenizer:
+    """A byte-level BPE trained on RULER-like text: long prompts are a few thousand tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [" ".join(CWE_WORDS), NOISE * 5]
+    for task in SYNTHETIC:
+        texts.extend(make_sample(task, 99, 4096, i).text(20) for i in range(3))
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500,
+        min_frequency=2,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return _Tokenizer(backend)
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tokenizer: _Tokenizer) -> _Tokenizer:
+    """The same vocabulary, adding a BOS token in front of every text (as Llama's tokenizers do)."""
+    from tokenizers import Tokenizer, processors
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    bos = backend.token_to_id(SPECIALS[0])
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    return _Tokenizer(backend)
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def test_string_match_all_is_the_fraction_of_expected_strings_found() -> None:
+    values = ["1234567", "2345678", "3456789", "4567890"]
+    assert string_match_all("They are 1234567, 2345678, 3456789 and 4567890.", values) == 1.0
+    assert string_match_all("They are 1111111 and 2222222.", values) == 0.0
+    assert string_match_all("Only 2345678 and 4567890.", values) == 0.5
+    assert string_match_all("HOLLOW Curly", ["hollow", "curly", "wizard", "plaza"]) == 0.5  # case-insensitive
+
+
+def test_string_match_part_is_one_when_any_answer_is_found() -> None:
+    answers = ["Denver Broncos", "the Broncos"]
+    assert string_match_part(" the broncos won", answers) == 1.0
+    assert string_match_part("Carolina Panthers", answers) == 0.0
+
+
+def test_outputs_are_postprocessed_as_ruler_does() -> None:
+    assert postprocess("  12\x0034\t56 \n") == "12\n34\n56"
+    assert string_match_all("abc\x01def", ["abc\ndef"]) == 1.0
+
+
+@pytest.mark.parametrize("task", ALL_TASKS)
+def test_each_task_scores_with_rulers_metric(task: str) -> None:
+    expected = ["alpha", "beta"]
+    partial = score(SPECS[task].metric, "the answer: beta", expected)
+    assert partial == (1.0 if task in QA_TASKS else 0.5)
+    assert score(SPECS[task].metric, "Alpha, beta", expected) == 1.0
+    assert score(SPECS[task].metric, "gamma", expected) == 0.0
+
+
+def test_max_new_tokens_are_rulers() -> None:
+    per_family = {SPECS[task].family: SPECS[task].max_new_tokens for task in ALL_TASKS}
+    assert per_family == {"niah": 128, "vt": 30, "cwe": 120, "fwe": 50, "qa": 32}
+
+
+# ---------------------------------------------------------------- task names
+
+
+def test_task_names_parse_with_all_and_suggestions() -> None:
+    assert parse_tasks("all") == ALL_TASKS
+    assert len(ALL_TASKS) == 13
+    assert parse_tasks("fwe, vt,niah_single_1,vt") == ("niah_single_1", "vt", "fwe")  # RULER's order, once each
+    with pytest.raises(RopextError, match="Did you mean 'niah_single_1'"):
+        parse_tasks("niah_singel_1")
+    with pytest.raises(RopextError, match="no RULER task"):
+        parse_tasks(" , ")
+
+
+# ---------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("task", SYNTHETIC)
+def test_samples_are_deterministic_for_a_seed_and_differ_across_seeds(task: str) -> None:
+    first, again = make_sample(task, 7, 2048, 3), make_sample(task, 7, 2048, 3)
+    assert first.expected == again.expected
+    for units in (0, 5, 40):
+        assert first.text(units) == again.text(units)
+    other_seed, other_index = make_sample(task, 8, 2048, 3), make_sample(task, 7, 2048, 4)
+    assert other_seed.expected != first.expected and other_seed.text(5) != first.text(5)
+    assert other_index.expected != first.expected
+
+
+# ---------------------------------------------------------------- what the prompts hold
+
+_NEEDLE = re.compile(r"One of the special magic (\w+) for (\S+) is: (\S+)\.")
+
+
+def _needles(text: str) -> list[tuple[str, str, str]]:
+    return _NEEDLE.findall(text)
+
+
+def _asked_keys(sample: TaskSample) -> list[str]:
+    query = re.search(r"for (.+?) mentioned in the provided text\?", sample.tail).group(1)
+    return re.split(r", and |, ", query)
+
+
+@pytest.mark.parametrize("task", NIAH)
+def test_niah_needles_hold_the_expected_values_for_the_asked_keys(task: str) -> None:
+    config = SPECS[task].niah
+    sample = make_sample(task, 0, 8192, 1)
+    text = sample.text(30)
+    needles = _needles(text)
+    assert {type_v for type_v, _, _ in needles} == {config.value_type}  # "numbers" / "uuids", as RULER
+    asked = _asked_keys(sample)
+    assert len(asked) == config.queries
+    found = [value for _, key, value in needles if key in asked]
+    assert sorted(found) == sorted(sample.expected)
+    assert len(sample.expected) == config.queries * config.values
+    real = max(config.keys, config.queries) * config.values  # needles of the sample's own keys
+    if config.haystack == "needle":
+        assert len(needles) == 1 + 30  # the needle and 30 distractors of other keys
+        assert NOISE not in text
+    else:
+        assert len(needles) == real
+        assert NOISE in text if config.haystack == "repeat" else "The sky is blue." in text
+    value_pattern = {
+        "numbers": r"\d{7}",
+        "uuids": r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+    }
+    assert all(re.fullmatch(value_pattern[config.value_type], value) for value in sample.expected)
+    key_pattern = r"[a-z]+-[a-z]+" if config.key_type == "words" else value_pattern["uuids"]
+    assert all(re.fullmatch(key_pattern, key) for key in asked)
+
+
+def test_niah_wording_is_singular_for_one_value_and_plural_for_several() -> None:
+    single, multi = make_sample("niah_single_2", 0, 4096, 0), make_sample("niah_multivalue", 0, 4096, 0)
+    assert single.head.startswith("A special magic number is hidden within the following text.")
+    assert single.tail.startswith("\nWhat is the special magic number for ")
+    assert single.tail.endswith("mentioned in the provided text is")
+    assert multi.head.startswith("Some special magic numbers are hidden within the following text.")
+    assert multi.tail.endswith("mentioned in the provided text are")
+    query = make_sample("niah_multiquery", 0, 4096, 0).tail
+    assert re.search(r"for \S+, \S+, \S+, and \S+ mentioned", query)
+
+
+def test_needles_sit_at_distinct_depths_that_do_not_depend_on_the_haystack_size() -> None:
+    sample = make_sample("niah_multikey_1", 3, 8192, 0)  # essay haystack: noise sentences, one "." each
+
+    def positions(units: int) -> list[int]:
+        """Haystack sentences before each needle."""
+        pieces = re.split(r"One of the special magic numbers for \S+ is: \d+\.", sample.context(units))
+        return [sum(piece.count(".") for piece in pieces[: k + 1]) for k in range(len(pieces) - 1)]
+
+    large = positions(400)
+    depths = [next(d for d in DEPTHS if int(400 * d / 100) == p) for p in large]
+    assert len(large) == 4 and len(set(depths)) == 4
+    assert positions(40) == [int(40 * d / 100) for d in depths]
+    assert sorted(_needles(sample.context(40))) == sorted(_needles(sample.context(400)))
+
+
+def _resolve(text: str) -> dict[str, int]:
+    """Every VAR's value, following the chain of assignments."""
+    direct = dict(re.findall(r"VAR ([A-Z]+) = (\d+)", text))
+    refs = dict(re.findall(r"VAR ([A-Z]+) = VAR ([A-Z]+)", text))
+    values = {name: int(value) for name, value in direct.items()}
+    while refs:
+        resolvable = {name: source for name, source in refs.items() if source in values}
+        assert resolvable, f"a chain does not resolve: {refs}"
+        for name, source in resolvable.items():
+            values[name] = values[source]
+            del refs[name]
+    return values
+
+
+@pytest.mark.parametrize("length", [1024, 8192])
+def test_vt_chain_is_consistent_and_the_answer_is_every_variable_holding_the_value(length: int) -> None:
+    sample = make_sample("vt", 5, length, 2)
+    text = sample.text(25)  # with the worked example, whose chain holds another value
+    value = int(re.search(r"assigned the value (\d+) in the text above\.", sample.tail).group(1))
+    holders = {name for name, held in _resolve(text).items() if held == value}
+    assert holders == set(sample.expected)
+    assert len(sample.expected) == 5 and all(re.fullmatch(r"[A-Z]{5}", name) for name in sample.expected)
+    assert f"5 variables are assgined the value {value}, they are:" in sample.tail
+    assert len(re.findall(r"^VAR [A-Z]{3} = ", sample.shots, re.M)) == 5 and text.startswith(sample.shots)
+    for name in sample.expected:  # each assigned exactly once, in the main text
+        assert len(re.findall(rf"VAR {name} = ", sample.context(25))) == 1
+
+
+@pytest.mark.parametrize("length", [2048, 8192])
+def test_cwe_answer_is_the_ten_most_common_words_of_the_list(length: int) -> None:
+    sample = make_sample("cwe", 1, length, 0)
+    common_repeats, rare_repeats, _ = cwe_frequencies(length)
+    counts = Counter(re.findall(r"\d+\. (\S+)", sample.context(60)))
+    assert len(sample.expected) == CWE_COMMON
+    assert {counts[word] for word in sample.expected} == {common_repeats}
+    assert set(counts.values()) == {common_repeats, rare_repeats}
+    assert len(counts) == CWE_COMMON + 60
+    # string_match_all tests substrings: no listed word may contain a common word it is not
+    for word in counts:
+        assert [common for common in sample.expected if common in word] in ([], [word])
+    numbers = [int(n) for n in re.findall(r"(\d+)\. ", sample.context(60))]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_cwe_example_has_its_own_words_and_answer() -> None:
+    sample = make_sample("cwe", 1, 8192, 0)
+    example_answer = re.search(r"are: (1\. .*)\n$", sample.shots).group(1)
+    example_words = re.findall(r"\d+\. (\S+)", example_answer)
+    assert len(example_words) == CWE_COMMON and not set(example_words) & set(sample.expected)
+    listed = Counter(re.findall(r"\d+\. (\S+)", sample.shots.split("Question:")[0]))
+    assert {listed[word] for word in example_words} == {10}
+
+
+@pytest.mark.parametrize(("length", "units"), [(256, 0), (256, 40), (4096, 300), (32768, 5000)])
+def test_fwe_answer_is_the_three_most_frequent_words_after_the_dots(length: int, units: int) -> None:
+    sample = make_sample("fwe", 2, length, 0)
+    ranked = Counter(sample.context(units).split()).most_common()
+    assert ranked[0][0] == "..."
+    assert [word for word, _ in ranked[1:4]] == list(sample.expected)
+    counts = [count for _, count in ranked]
+    assert counts[0] > counts[1] > counts[2] > counts[3] > (counts[4] if len(counts) > 4 else 0)
+    assert all(re.fullmatch(r"[a-z]{6}", word) for word in sample.expected)
+
+
+def test_fwe_counts_are_rulers_zipf_counts_when_large() -> None:
+    counts = fwe_counts(10_000, 200)
+    assert counts[:5] == [6079, 1519, 675, 379, 243]  # int(10000 * k^-2 / zeta(2))
+    assert fwe_counts(0, 8)[:5] == [4, 3, 2, 1, 0]  # nudged to stay unambiguous
+
+
+# ---------------------------------------------------------------- question data
+
+
+def _squad(path: Path) -> Path:
+    data = {
+        "data": [
+            {
+                "paragraphs": [
+                    {
+                        "context": "The Broncos defeated the Panthers in Super Bowl 50 at Levi's Stadium.",
+                        "qas": [
+                            {
+                                "question": "Who won Super Bowl 50?",
+                                "answers": [{"text": "Broncos"}, {"text": "Denver"}],
+                            },
+                            {"question": "Who lost?", "answers": [], "is_impossible": True},
+                        ],
+                    },
+                    {"context": "Levi's Stadium is in Santa Clara.", "qas": []},
+                ]
+            },
+            {"paragraphs": [{"context": f"Filler paragraph number {i}.", "qas": []} for i in range(30)]},
+        ]
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _hotpot(path: Path) -> Path:
+    records = [
+        {
+            "question": f"Which river flows through city {i}?",
+            "answer": f"River {i}",
+            "context": [[f"City {i}", [f"City {i} lies on River {i}. ", "It is old."]], [f"Other {i}", ["Nothing."]]],
+        }
+        for i in range(5)
+    ]
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_qa_files_are_recognised_by_their_shape(tmp_path: Path) -> None:
+    data = load_qa_data([_squad(tmp_path / "squad.json"), _hotpot(tmp_path / "hotpot.json")])
+    assert set(data) == {"qa_1", "qa_2"}
+    squad = data["qa_1"]
+    assert len(squad.items) == 1  # the unanswerable question is left out, as RULER
+    assert squad.items[0].answers == ("Broncos", "Denver")
+    assert squad.documents[squad.items[0].related[0]] == "Levi's Stadium is in Santa Clara."
+    hotpot = data["qa_2"]
+    assert len(hotpot.items) == 5 and "City 0\nCity 0 lies on River 0. It is old." in hotpot.documents
+
+
+def test_qa_prompts_hold_the_question_and_its_documents(tmp_path: Path) -> None:
+    resources = Resources(qa=load_qa_data([_squad(tmp_path / "squad.json"), _hotpot(tmp_path / "hotpot.json")]))
+    squad = make_sample("qa_1", 0, 4096, 0, resources)
+    assert squad.expected == ("Broncos", "Denver")
+    assert squad.tail.endswith("Question: Who won Super Bowl 50? Answer:")
+    for units in (0, 1, 10):
+        text = squad.context(units)
+        assert "Super Bowl 50 at Levi's Stadium" in text and "Broncos" in text
+        assert text.count("Document ") == 1 + units
+    assert "Santa Clara" in squad.context(1)  # the same article's paragraphs come first, as RULER
+    assert squad.max_units == 31
+    hotpot = make_sample("qa_2", 0, 4096, 1, resources)
+    assert hotpot.expected[0] in hotpot.context(0) and hotpot.context(0).count("Document ") == 2
+    assert make_sample("qa_2", 0, 4096, 1, resources).tail == hotpot.tail
+    with pytest.raises(RopextError, match="--qa-data"):
+        make_sample("qa_1", 0, 4096, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ('{"version": 2}', "neither"),
+        ("not json", "not JSON"),
+        ('{"data": [{"paragraphs": [{"qas": []}]}]}', "has no 'context'"),
+        ('[{"question": "q", "answer": "a", "context": [["t", "not a list"]]}]', "is not a list"),
+        ('{"data": []}', "no answerable question"),
+    ],
+)
+def test_qa_files_in_another_shape_are_refused(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(RopextError, match="SQuAD-style") as caught:
+        load_qa_data([path])
+    assert fragment in str(caught.value)
+
+
+def test_two_qa_files_of_one_kind_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(RopextError, match="both for qa_2"):
+        load_qa_data([_hotpot(tmp_path / "a.json"), _hotpot(tmp_path / "b.json")])
+    with pytest.raises(RopextError, match="does not exist"):
+        load_qa_data([tmp_path / "missing.json"])
+
+
+# ---------------------------------------------------------------- essay haystack
+
+
+def test_essay_sentences_come_from_the_corpus_and_wrap_around(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROPEXT_CACHE_DIR", str(tmp_path / "cache"))  # datasets caches what it reads
+    assert split_sentences("One. Two!  Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
+    assert [len(s.split()) for s in split_sentences("word " * 120)] == [50, 50, 20]
+    (tmp_path / "essay.txt").write_text("Alpha beta. Gamma delta!\n\nEpsilon zeta?")
+    essay = corpus_haystack(str(tmp_path / "essay.txt"), min_chars=10)
+    assert essay.sentences == ("Alpha beta.", "Gamma delta!", "Epsilon zeta?")
+    assert essay.take(4) == ["Alpha beta.", "Gamma delta!", "Epsilon zeta?", "Alpha beta."]
+    sample = make_sample("niah_single_2", 0, 4096, 0, Resources(essay=essay))
+    without_needle = re.sub(r" ?One of the special magic number.*?\.( |$)", " ", sample.context(3)).strip()
+    assert without_needle == "Alpha beta. Gamma delta! Epsilon zeta?"
+
+
+# ---------------------------------------------------------------- fitting prompts into a length
+
+
+def test_fit_units_finds_the_largest_count_within_the_budget() -> None:
+    def count(n: int) -> int:
+        return 40 + 7 * n + (n * n) // 50 + (3 if n % 11 == 0 else 0)  # growing, uneven, not quite linear
+
+    for budget in (43, 47, 500, 4096, 100_000):
+        for hint in (None, 1, 300, 10_000):
+            n = fit_units(count, budget, hint=hint)
+            assert count(n) <= budget < count(n + 1), (budget, hint, n)
+    assert fit_units(count, 42) is None
+    assert fit_units(count, 100_000, max_units=12) == 12
+
+
+def test_fit_units_gallops_over_units_too_small_to_add_a_token() -> None:
+    calls = []
+
+    def count(n: int) -> int:
+        calls.append(n)
+        return 100 + n // 1000
+
+    assert fit_units(count, 150) == 50_999
+    assert len(calls) < 40
+
+
+@pytest.mark.parametrize("length", [1024, 4096])
+@pytest.mark.parametrize("task", SYNTHETIC)
+def test_prompts_are_within_one_haystack_unit_of_the_length(tokenizer: _Tokenizer, task: str, length: int) -> None:
+    sample = make_sample(task, 0, length, 0)
+    prompt = build_prompt(tokenizer, sample, length)
+    assert len(prompt.ids) <= length
+    one_more = len(encode(tokenizer, sample.text(prompt.units + 1, prompt.shots)))
+    assert one_more > length, f"{task}: {len(prompt.ids)} tokens with {prompt.units} units, {one_more} with one more"
+    text = tokenizer.decode(prompt.ids)
+    assert text == sample.text(prompt.units, prompt.shots)
+    assert text.endswith(sample.tail) and text.startswith((sample.shots if prompt.shots else "") + sample.head)
+    assert all(value in text for value in sample.expected) or task in ("vt", "cwe", "fwe")
+
+
+@pytest.mark.parametrize("task", ["niah_single_1", "niah_multikey_3", "vt", "cwe", "fwe"])
+def test_a_bos_token_counts_towards_the_length(bos_tokenizer: _Tokenizer, task: str) -> None:
+    prefix = special_prefix(bos_tokenizer)
+    assert prefix == [bos_tokenizer.backend_tokenizer.token_to_id("<s>")]
+    sample = make_sample(task, 4, 2048, 1)
+    prompt = build_prompt(bos_tokenizer, sample, 2048, prefix)
+    assert prompt.ids[0] == prefix[0] and len(prompt.ids) <= 2048
+    assert 1 + len(encode(bos_tokenizer, sample.text(prompt.units + 1, prompt.shots))) > 2048
+
+
+def test_no_special_prefix_without_bos(tokenizer: _Tokenizer) -> None:
+    assert special_prefix(tokenizer) == []
+
+
+def test_the_worked_example_is_kept_only_when_it_takes_at_most_a_quarter(tokenizer: _Tokenizer) -> None:
+    for length in (1024, 2048, 8192):
+        sample = make_sample("vt", 0, length, 0)
+        prompt = build_prompt(tokenizer, sample, length)
+        assert prompt.shots == (len(encode(tokenizer, sample.shots)) <= length // 4)
+    assert build_prompt(tokenizer, make_sample("vt", 0, 8192, 0), 8192).shots
+
+
+def test_a_length_too_short_for_the_template_is_a_clear_error(tokenizer: _Tokenizer) -> None:
+    with pytest.raises(RopextError, match=r"RULER niah_multiquery does not fit in 64 tokens.*takes \d+ tokens"):
+        build_prompt(tokenizer, make_sample("niah_multiquery", 0, 64, 0), 64)
+
+
+# ---------------------------------------------------------------- options
+
+
+def test_options_store_what_results_mean_not_what_to_run() -> None:
+    from ropext.evaluate.ruler.run import RulerOptions
+
+    options = RulerOptions(lengths=(1024,), samples=3, tasks="vt,cwe", qa_data=("q.json",), batch_size=4)
+    assert dataclasses.asdict(options) == {
+        "lengths": (1024,),
+        "samples": 3,
+        "seed": 0,
+        "haystack_corpus": None,
+        "max_new_tokens": None,
+    }
+    assert (options.tasks, options.qa_data, options.batch_size) == (("vt", "cwe"), ("q.json",), 4)
+    assert RulerOptions(lengths=(1024,)).tasks == ALL_TASKS
+    for bad, flag in (({"samples": 0}, "--samples"), ({"batch_size": 0}, "--batch-size"),
+                      ({"max_new_tokens": 0}, "--max-new-tokens")):  # fmt: skip
+        with pytest.raises(RopextError, match=flag):
+            RulerOptions(lengths=(1024,), **bad)
+
+
+def test_needle_format_is_rulers() -> None:
+    assert NEEDLE.format(type_v="numbers", key="k", value="v") == "One of the special magic numbers for k is: v."
