@@ -382,6 +382,7 @@ def inspect(
 # Commands that live in their own modules (ropext/commands/), registered here.
 # <registered commands: one line each>
 app.command()(__import__("ropext.commands.export_command", fromlist=["export"]).export)
+__import__("ropext.commands.finetune_command", fromlist=["register"]).register(app)
 eval_app.command("ruler")(__import__("ropext.commands.ruler_command", fromlist=["eval_ruler"]).eval_ruler)
 # </registered commands>
 
@@ -391,7 +392,7 @@ def main() -> None:
     import click
 
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)
     except RopextError as err:
         _fail(str(err))
     except click.exceptions.Abort:
@@ -407,6 +408,11 @@ def main() -> None:
         if isinstance(err, torch.OutOfMemoryError):
             _fail("out of GPU memory: evaluate shorter lengths, pass --chunk-tokens 1024, or use a larger GPU")
         raise
+    # Typer turns Ctrl-C into a returned status 130 when it runs with standalone_mode=False.
+    if status == 130:
+        _fail("interrupted; results finished so far are saved", status=130)
+    if isinstance(status, int) and status != 0:
+        sys.exit(status)
 
 
 def _fail(message: str, status: int = 2) -> None:

@@ -130,3 +130,14 @@ def test_names_are_case_insensitive_and_stored_lower_case() -> None:
     assert registry.get("MyMethod") is registry.get("mymethod") is registry.get("mm")
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("mymethod", "math:floor", "same name, other case")
+
+
+def test_an_interrupted_command_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import ropext.cli as cli
+
+    # Typer returns 130 (instead of raising) when Ctrl-C stops a command run with standalone_mode=False.
+    monkeypatch.setattr(cli, "app", lambda standalone_mode: 130)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.strip() == "error: interrupted; results finished so far are saved"

@@ -1,0 +1,238 @@
+"""``ropext finetune``: fine-tune a rescaled model on DeepSpeed ZeRO-3 (see docs/finetune.md).
+
+Heavy imports (torch, transformers, DeepSpeed) happen inside the command, so registering it costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import nullcontext
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ropext.errors import RopextError
+
+LAUNCHER = "deepspeed"
+
+
+def finetune(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
+    ],
+    factors: Annotated[Path, typer.Option("--factors", "-f", help="Scaling YAML to train with (`ropext search`).")],
+    corpus: Annotated[
+        str, typer.Option(help="Training text: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, python-stdlib.")
+    ],
+    train_length: Annotated[str, typer.Option("--train-length", "-t", help="Tokens per training window: 8k, 32k.")],
+    steps: Annotated[int, typer.Option(help="Optimizer steps to train to (counting resumed ones).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints, metrics and the final model.")],
+    lr: Annotated[float | None, typer.Option(help="Learning rate (default: the DeepSpeed config's, 2e-5).")] = None,
+    batch_tokens: Annotated[
+        str | None,
+        typer.Option(help="Tokens per micro batch and GPU, a multiple of --train-length (default: one window)."),
+    ] = None,
+    grad_accum: Annotated[
+        int | None, typer.Option(help="Micro batches per optimizer step (default: the config's, 1).")
+    ] = None,
+    deepspeed: Annotated[
+        Path | None,
+        typer.Option("--deepspeed", help="DeepSpeed JSON config (default: recipes/deepspeed/zero3.json, built in)."),
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option(help="Data-parallel GPUs on this machine; above 1 runs the deepspeed launcher.")
+    ] = None,
+    save_every: Annotated[
+        int, typer.Option(help="Save a DeepSpeed checkpoint every N steps (0: only when interrupted).")
+    ] = 0,
+    keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest N checkpoints.")] = 1,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the document and window order.")] = 0,
+    skip_docs: Annotated[
+        int, typer.Option(help="Train after the first N documents of --skip-length+ tokens (hold out eval docs).")
+    ] = 0,
+    skip_length: Annotated[
+        str, typer.Option(help="Only documents this long count for --skip-docs (eval's longest --lengths).")
+    ] = "1",
+    attn: Annotated[str, typer.Option(help="Attention: sdpa, eager, flash_attention_2 (needs flash-attn).")] = "sdpa",
+    chunk_tokens: Annotated[int, typer.Option(help="Positions per chunk of the loss's vocabulary projection.")] = 4096,
+    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+) -> None:
+    """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
+    from ropext.lengths import format_length, parse_length
+    from ropext.registry import load_plugins
+    from ropext.train.trainer import FinetuneRequest, Interrupted, launcher_world, plan_finetune, run_finetune
+
+    load_plugins()
+    length = parse_length(train_length)
+    request = FinetuneRequest(
+        model=model,
+        factors=factors,
+        corpus=corpus,
+        train_length=length,
+        steps=steps,
+        out=out,
+        lr=lr,
+        micro_batch=_micro_batch(batch_tokens, length),
+        grad_accum=grad_accum,
+        deepspeed_config=deepspeed,
+        save_every=save_every,
+        keep_checkpoints=keep_checkpoints,
+        resume=resume,
+        seed=seed,
+        skip_docs=skip_docs,
+        skip_length=parse_length(skip_length),
+        attn=attn,
+        chunk_tokens=chunk_tokens,
+    )
+    world = launcher_world()
+    if gpus is not None and gpus < 1:
+        raise RopextError(f"--gpus must be at least 1, got {gpus}")
+    if world is None and gpus is not None and gpus > 1:
+        launcher = _find_launcher(gpus)
+        with _console().status("checking the inputs"):
+            plan_finetune(request, world_size=gpus)  # bad input fails here, once, not in every process
+        sys.exit(_relaunch(launcher, gpus))
+
+    console = _console()
+    is_main = world is None or world.is_main
+    try:
+        with console.status(f"preparing {model} and {corpus}") if is_main else nullcontext():
+            plan = plan_finetune(request, world_size=world.size if world is not None else 1)
+        result = run_finetune(plan, world, console)
+    except _out_of_memory() as err:
+        raise RopextError(
+            f"out of GPU memory ({str(err).splitlines()[0][:120]}); use a shorter --train-length, a smaller "
+            "--batch-tokens, --chunk-tokens 1024, more GPUs, or ZeRO-3 offload in the DeepSpeed config"
+        ) from None
+    except (Interrupted, KeyboardInterrupt) as err:
+        # Exit 130 like any interrupted command, stating what was saved (typer would turn a
+        # KeyboardInterrupt into a silent exit status here).
+        if is_main:
+            print(f"error: {err or 'interrupted before training started; nothing was saved'}", file=sys.stderr)
+        sys.exit(130)
+    if result.world.is_main:
+        started = f" (resumed at step {result.first_step})" if result.first_step else ""
+        loss = f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""
+        typer.echo(
+            f"wrote {out}: {result.state.step} steps{started} at {format_length(length)} tokens, "
+            f"{result.state.tokens} tokens trained{loss}; load it with `ropext eval ppl --model {out}` "
+            f"or transformers' from_pretrained"
+        )
+
+
+def _out_of_memory() -> type[BaseException]:
+    import torch
+
+    return torch.OutOfMemoryError
+
+
+def _micro_batch(batch_tokens: str | None, length: int) -> int | None:
+    from ropext.lengths import parse_length
+
+    if batch_tokens is None:
+        return None
+    tokens = parse_length(batch_tokens)
+    if tokens % length:
+        raise RopextError(
+            f"--batch-tokens {batch_tokens} is not a multiple of --train-length ({length} tokens); "
+            "each micro batch holds whole windows"
+        )
+    return tokens // length
+
+
+def _find_launcher(gpus: int) -> str:
+    """The ``deepspeed`` launcher, then the GPUs it needs; both checked before anything is loaded."""
+    import torch
+
+    launcher = shutil.which(LAUNCHER)
+    if launcher is None:
+        raise RopextError(
+            f"--gpus {gpus} runs DeepSpeed's launcher, but the `{LAUNCHER}` executable was not found on PATH; "
+            f"activate the environment where deepspeed is installed (pip install 'ropext[train]')"
+        )
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found < gpus:
+        raise RopextError(f"--gpus {gpus} needs {gpus} CUDA GPUs; this machine has {found}")
+    return launcher
+
+
+def _relaunch(launcher: str, gpus: int) -> int:
+    """Run this same command under ``deepspeed --num_gpus N --module ropext``; its exit status.
+
+    The launcher starts one process per GPU with LOCAL_RANK, RANK and WORLD_SIZE set. It runs in a session
+    of its own, so the terminal's Ctrl-C reaches this process alone, which hands it to the training
+    processes: they finish the step, save a checkpoint (however long that takes) and exit, and the
+    launcher exits with them. Sent to the launcher itself, the signal would end it at once with a
+    traceback, and its helper would give the training processes 30 s to save before killing them.
+    """
+    from ropext.train.trainer import free_port
+
+    arguments = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    command = [launcher, "--num_gpus", str(gpus), "--master_port", str(free_port()), "--module", "ropext", *arguments]
+    process = subprocess.Popen(command, start_new_session=True)
+
+    def forward(signum: int, frame: Any) -> None:
+        ranks = _training_processes(process.pid)
+        try:
+            if ranks:
+                for rank in ranks:
+                    rank.send_signal(signum)
+            else:  # still starting: no training process to save anything yet
+                os.killpg(process.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _training_processes(launcher_pid: int) -> list[Any]:
+    """The launcher's descendants that run ``python -m ropext`` (the launcher's own processes name ropext
+    only after ``--module``)."""
+    import psutil  # a DeepSpeed dependency
+
+    found = []
+    try:
+        descendants = psutil.Process(launcher_pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    for child in descendants:
+        try:
+            line = child.cmdline()
+        except psutil.Error:
+            continue
+        if any(a == "-m" and b == "ropext" for a, b in pairwise(line)):
+            found.append(child)
+    return found
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _accept_launcher_rank(
+    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+) -> None:
+    # Accepted and ignored: each process reads its rank from the LOCAL_RANK / RANK environment.
+    return None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune`` to ``app``, and accept the ``--local_rank=N`` that DeepSpeed's launcher puts before the
+    command (``python -m ropext --local_rank=0 finetune ...``) when a user runs ``deepspeed --module ropext``."""
+    app.command()(finetune)
+    if app.registered_callback is None:
+        app.callback()(_accept_launcher_rank)

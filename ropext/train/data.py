@@ -1,0 +1,138 @@
+"""Training windows: tokenised documents concatenated with an end-of-sequence token between them and cut
+into windows of exactly the train length.
+
+Sample k of a run (k = 0, 1, 2, ... across optimizer steps, micro batches and processes) is a pure
+function of the corpus, the seed and k, so a run resumes from one integer (the number of samples
+consumed) and every process computes its own windows without communicating. Each epoch shuffles the
+documents (which decides how they are packed) and the order of the windows, with a generator seeded by
+(seed, epoch); a run longer than one epoch simply continues into the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ropext.data.tokenized import TokenizedCorpus
+from ropext.errors import RopextError
+
+
+def training_documents(corpus: TokenizedCorpus, skip_docs: int = 0, skip_length: int = 1) -> np.ndarray:
+    """Indices of the documents to train on: all of them, or those after the first ``skip_docs`` documents
+    of at least ``skip_length`` tokens (and every shorter document before them).
+
+    ``ropext eval ppl --skip-docs S --max-docs D --lengths ...,L`` evaluates the D documents of at least L
+    tokens that follow the first S such documents, so ``--skip-docs S+D --skip-length L`` here trains on
+    none of them: the corpus prefix that holds them is skipped whole.
+    """
+    if skip_docs < 0:
+        raise RopextError(f"--skip-docs must be 0 or more, got {skip_docs}")
+    if skip_length < 1:
+        raise RopextError(f"--skip-length must be at least 1 token, got {skip_length}")
+    if skip_docs == 0:
+        return np.arange(len(corpus), dtype=np.int64)
+    counted = corpus.documents_at_least(skip_length)
+    first = counted[skip_docs - 1] + 1 if len(counted) >= skip_docs else len(corpus)
+    if first >= len(corpus):
+        raise RopextError(
+            f"--skip-docs {skip_docs} skips every document of corpus {corpus.name} ({len(counted)} documents of "
+            f"{skip_length}+ tokens, {len(corpus)} in all); skip fewer or use a larger corpus"
+        )
+    return np.arange(first, len(corpus), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _EpochLayout:
+    order: np.ndarray
+    """Documents in packing order."""
+    ends: np.ndarray
+    """End of each packed piece (document + separator) in the epoch's token stream."""
+    windows: np.ndarray
+    """Window order: the i-th sample of the epoch is stream window ``windows[i]``."""
+
+
+@dataclass
+class PackedWindows:
+    """Deterministic training windows of ``length`` tokens over ``documents`` of ``corpus``."""
+
+    corpus: TokenizedCorpus
+    documents: np.ndarray
+    length: int
+    separator: int
+    """Token put after every document (the tokenizer's eos), so the model sees where documents end."""
+    seed: int = 0
+    _layouts: dict[int, _EpochLayout] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.length < 2:
+            raise RopextError(f"--train-length must be at least 2 tokens, got {self.length}")
+        lengths = self.corpus.lengths()[self.documents] if len(self.documents) else np.zeros(0, np.int64)
+        self._piece_lengths = lengths.astype(np.int64) + 1
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        """Tokens of the training documents plus one separator each."""
+        return int(self._piece_lengths.sum())
+
+    @property
+    def windows_per_epoch(self) -> int:
+        """Full windows per epoch (the stream's tail shorter than a window is left out)."""
+        return self.tokens_per_epoch // self.length
+
+    def _layout(self, epoch: int) -> _EpochLayout:
+        layout = self._layouts.get(epoch)
+        if layout is None:
+            rng = np.random.default_rng([self.seed, epoch])
+            permutation = rng.permutation(len(self.documents))
+            order = self.documents[permutation]
+            ends = np.cumsum(self._piece_lengths[permutation])
+            layout = _EpochLayout(order, ends, rng.permutation(self.windows_per_epoch))
+            # Samples are read in order, so at most the current and the next epoch are ever needed.
+            self._layouts = {k: v for k, v in self._layouts.items() if k >= epoch - 1}
+            self._layouts[epoch] = layout
+        return layout
+
+    def window(self, sample: int) -> np.ndarray:
+        """Token ids (int64) of sample ``sample`` of the run."""
+        if sample < 0:
+            raise ValueError(f"sample index must be >= 0, got {sample}")
+        per_epoch = self.windows_per_epoch
+        if per_epoch == 0:
+            raise RopextError("the corpus cannot fill a single training window")
+        epoch, index = divmod(sample, per_epoch)
+        layout = self._layout(epoch)
+        return self._stream(layout, int(layout.windows[index]) * self.length, self.length)
+
+    def batch(self, first_sample: int, count: int) -> np.ndarray:
+        """Samples ``first_sample .. first_sample + count - 1`` as one [count, length] int64 array."""
+        return np.stack([self.window(first_sample + i) for i in range(count)])
+
+    def _stream(self, layout: _EpochLayout, begin: int, size: int) -> np.ndarray:
+        out = np.empty(size, dtype=np.int64)
+        piece = int(np.searchsorted(layout.ends, begin, side="right"))
+        offset = begin - (int(layout.ends[piece - 1]) if piece else 0)
+        filled = 0
+        while filled < size:
+            document = self.corpus.document(int(layout.order[piece]))
+            piece_length = len(document) + 1
+            stop = min(piece_length, offset + size - filled)
+            text = document[offset : min(stop, len(document))]
+            out[filled : filled + len(text)] = text
+            if stop == piece_length:  # this window reaches the document's end: its separator follows
+                out[filled + len(text)] = self.separator
+            filled += stop - offset
+            piece, offset = piece + 1, 0
+        return out
+
+
+def check_fills(windows: PackedWindows, micro_batch: int, corpus_name: str, skip_docs: int) -> None:
+    """A run needs at least one micro batch of full windows; say how short the corpus falls otherwise."""
+    needed = windows.length * micro_batch
+    if windows.tokens_per_epoch < needed:
+        skipped = f" after --skip-docs {skip_docs}" if skip_docs else ""
+        raise RopextError(
+            f"corpus {corpus_name} has {windows.tokens_per_epoch} tokens in {len(windows.documents)} documents"
+            f"{skipped}, fewer than one micro batch of {micro_batch} window(s) of {windows.length} tokens "
+            f"({needed}); use a shorter --train-length, a smaller micro batch or a larger corpus"
+        )

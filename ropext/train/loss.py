@@ -1,0 +1,71 @@
+"""The training loss: mean next-token cross-entropy with autograd, without ever holding [L, vocab] logits.
+
+Evaluation (ropext/evaluate/nll.py) projects hidden states to the vocabulary chunk by chunk under
+``inference_mode``. Training needs gradients, and autograd would keep every chunk's float32 logits alive
+for the backward pass: 32k positions × 128k vocabulary × 4 B = 16 GB. Each chunk's projection and loss
+therefore run under `torch.utils.checkpoint`: only the chunk's scalar loss is kept, and the backward pass
+recomputes one chunk's logits at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ropext.errors import RopextError
+from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, _logit_transform
+
+
+def causal_lm_loss(model: Any, input_ids: torch.Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """Mean cross-entropy of predicting ``input_ids[:, 1:]`` from each prefix (float32, differentiable).
+
+    Equal to transformers' ``model(input_ids, labels=input_ids).loss``; each chunk covers ``chunk_tokens``
+    positions of the whole batch (rows × positions per row).
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [batch, length >= 2], got {tuple(input_ids.shape)}")
+    head = model.get_output_embeddings()
+    if head is None:
+        raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
+    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+    transform = _logit_transform(model.config)
+
+    def chunk_loss(states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = transform(head(states).float())
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+
+    rows, length = input_ids.shape
+    positions = max(1, chunk_tokens // rows)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, length - 1, positions):
+        stop = min(start + positions, length - 1)
+        # Non-reentrant checkpointing: works with inputs that need no grad and with ZeRO-3's parameter
+        # hooks, which fetch the (partitioned) output projection again when backward recomputes the chunk.
+        total = total + checkpoint(
+            chunk_loss, hidden[:, start:stop], input_ids[:, start + 1 : stop + 1], use_reentrant=False
+        )
+    return total / (rows * (length - 1))
+
+
+class ChunkedLossModel(nn.Module):
+    """A causal LM whose ``forward(input_ids)`` returns `causal_lm_loss`: the module DeepSpeed trains.
+
+    ``config`` is the wrapped model's, so `ropext.model.apply.verify_scaling` runs on this module (and
+    on the DeepSpeed engine's ``module``) as on the model itself.
+    """
+
+    def __init__(self, model: nn.Module, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_tokens = chunk_tokens
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return causal_lm_loss(self.model, input_ids, self.chunk_tokens)

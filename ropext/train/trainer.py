@@ -1,0 +1,717 @@
+"""Fine-tuning a rescaled model on DeepSpeed ZeRO-3: planning (every check that can fail on bad input, before
+any model is loaded), the training loop, checkpoints, resuming, metrics and the final Hugging Face folder.
+
+One process per GPU (or one on the CPU). Everything that can be wrong with the input is found by
+`plan_finetune`, which the command runs before it starts the launcher or DeepSpeed; `run_finetune` then
+runs in every process.
+
+Output folder (``--out``)::
+
+    metrics.jsonl           one JSON line per optimizer step
+    checkpoints/latest      DeepSpeed's pointer to the newest checkpoint
+    checkpoints/step-N/     a DeepSpeed checkpoint (weights, optimizer, data position) + ropext.json
+    config.json, model.safetensors, tokenizer files, rope_scaling.yaml   the fine-tuned model, at the end
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ropext import __version__
+from ropext.errors import RopextError
+from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS
+from ropext.model.layout import RotaryLayout
+from ropext.model.loading import ModelSource
+from ropext.scaling import RopeScaling, write_text_atomic
+from ropext.train import config as ds_config
+from ropext.train.data import PackedWindows, check_fills, training_documents
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+SCALING_FILE = "rope_scaling.yaml"
+SIDECAR = "ropext.json"
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+# Environment a launcher (deepspeed, torchrun) sets for each process it starts.
+_LAUNCHER_KEYS = ("WORLD_SIZE", "LOCAL_RANK")
+_PROCESS_GROUP_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    """What `ropext finetune` was asked to do (lengths already parsed to token counts)."""
+
+    model: str
+    factors: Path
+    corpus: str
+    train_length: int
+    steps: int
+    out: Path
+    lr: float | None = None
+    """None: the DeepSpeed config's optimizer lr."""
+    micro_batch: int | None = None
+    """Windows per process and micro step; None: the config's ``train_micro_batch_size_per_gpu``."""
+    grad_accum: int | None = None
+    """None: the config's ``gradient_accumulation_steps``."""
+    deepspeed_config: Path | None = None
+    """None: the built-in copy of recipes/deepspeed/zero3.json."""
+    save_every: int = 0
+    keep_checkpoints: int = 1
+    resume: bool = False
+    seed: int = 0
+    skip_docs: int = 0
+    skip_length: int = 1
+    attn: str = "sdpa"
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launcher_world() -> World | None:
+    """The world a launcher (``deepspeed``, ``torchrun``) started this process in; None without one."""
+    if not any(key in os.environ for key in _LAUNCHER_KEYS):
+        return None
+    try:
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        rank = int(os.environ.get("RANK", str(local_rank)))
+    except ValueError:
+        raise RopextError("WORLD_SIZE, RANK and LOCAL_RANK must be integers when set") from None
+    return World(rank=rank, local_rank=local_rank, size=size)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; stored in every checkpoint (DeepSpeed client_state and ropext.json)."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    samples: int = 0
+    """Training windows consumed by all processes together: the data position."""
+    tokens: int = 0
+    seconds: float = 0.0
+    """Training time so far, across resumed runs."""
+
+
+@dataclass
+class Plan:
+    """A checked request: everything `run_finetune` needs, computed once."""
+
+    request: FinetuneRequest
+    config: dict[str, Any]
+    source: ModelSource
+    layout: RotaryLayout
+    scaling: RopeScaling
+    tokenizer: Any
+    windows: PackedWindows
+    corpus_fingerprint: str
+    world_size: int
+    resume_tag: str | None = None
+    resume_state: TrainState | None = None
+
+    @property
+    def micro_batch(self) -> int:
+        return ds_config.micro_batch(self.config)
+
+    @property
+    def grad_accum(self) -> int:
+        return ds_config.grad_accum(self.config)
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the data and the model's frequencies: a resumed run must agree on all of it."""
+        scaling = {k: v for k, v in self.scaling.to_dict().items() if k != "provenance"}
+        request = self.request
+        return json.loads(
+            json.dumps(
+                {
+                    "scaling": scaling,
+                    "corpus_fingerprint": self.corpus_fingerprint,
+                    "train_length": request.train_length,
+                    "seed": request.seed,
+                    "skip_docs": request.skip_docs,
+                    "skip_length": request.skip_length,
+                }
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------------- planning
+def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
+    """Check every input and prepare the data; raises `RopextError` for anything wrong, loads no weights."""
+    from ropext.data.corpus import open_corpus
+    from ropext.data.tokenized import tokenize_corpus
+    from ropext.model.loading import load_layout, load_tokenizer, materialize
+    from ropext.model.prepared import choose_scaling
+
+    _check_numbers(request)
+    source_name = str(request.deepspeed_config or "the built-in DeepSpeed config")
+    config = ds_config.apply_overrides(
+        ds_config.load_config(request.deepspeed_config),
+        source=source_name,
+        steps=request.steps,
+        lr=request.lr,
+        micro_batch=request.micro_batch,
+        grad_accum=request.grad_accum,
+    )
+    _check_attention(request.attn)
+    if not request.factors.is_file():
+        raise RopextError(f"factors file {request.factors} does not exist")
+    source, layout = load_layout(request.model)
+    scaling = choose_scaling(layout, factors=request.factors)
+    assert scaling is not None
+    _check_weights(source)
+    resume_tag, resume_state = _check_out(request, world_size)
+
+    source = materialize(source)
+    tokenizer = load_tokenizer(source)
+    separator = tokenizer.eos_token_id
+    if separator is None:
+        raise RopextError(f"the tokenizer of {request.model} has no eos token to put between training documents")
+    corpus_files = open_corpus(request.corpus)
+    corpus = tokenize_corpus(tokenizer, corpus_files)
+    documents = training_documents(corpus, request.skip_docs, request.skip_length)
+    windows = PackedWindows(corpus, documents, request.train_length, int(separator), request.seed)
+    check_fills(windows, ds_config.micro_batch(config), request.corpus, request.skip_docs)
+    plan = Plan(
+        request=request,
+        config=config,
+        source=source,
+        layout=layout,
+        scaling=scaling,
+        tokenizer=tokenizer,
+        windows=windows,
+        corpus_fingerprint=corpus_files.fingerprint,
+        world_size=world_size,
+        resume_tag=resume_tag,
+        resume_state=resume_state,
+    )
+    if resume_tag is not None:
+        _check_resumable(plan)
+    return plan
+
+
+def _check_numbers(request: FinetuneRequest) -> None:
+    if request.steps < 1:
+        raise RopextError(f"--steps must be at least 1, got {request.steps}")
+    if request.train_length < 2:
+        raise RopextError(f"--train-length must be at least 2 tokens, got {request.train_length}")
+    if request.save_every < 0:
+        raise RopextError(f"--save-every must be 0 (only when interrupted) or more, got {request.save_every}")
+    if request.keep_checkpoints < 1:
+        raise RopextError(f"--keep-checkpoints must be at least 1, got {request.keep_checkpoints}")
+    if request.chunk_tokens < 1:
+        raise RopextError(f"--chunk-tokens must be at least 1, got {request.chunk_tokens}")
+    if request.lr is not None and not request.lr > 0:
+        raise RopextError(f"--lr must be positive, got {request.lr}")
+    if request.grad_accum is not None and request.grad_accum < 1:
+        raise RopextError(f"--grad-accum must be at least 1, got {request.grad_accum}")
+
+
+def _check_attention(attn: str) -> None:
+    import importlib.util
+
+    import torch
+
+    if attn not in ATTENTION_IMPLEMENTATIONS:
+        raise RopextError(f"unknown --attn {attn!r}; use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    if attn.startswith("flash_attention"):
+        module = "flash_attn" if attn == "flash_attention_2" else "flash_attn_interface"
+        if importlib.util.find_spec(module) is None:
+            raise RopextError(f"--attn {attn} needs the {module} package (pip install 'ropext[flash]'); or use sdpa")
+        if not torch.cuda.is_available():
+            raise RopextError(f"--attn {attn} needs a CUDA GPU; use --attn sdpa on the CPU")
+
+
+def _check_weights(source: ModelSource) -> None:
+    if source.is_local and not source.gguf_file:
+        folder = Path(source.path)
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise RopextError(f"model folder {folder} has a config but no weights (*.safetensors) to fine-tune")
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out / CHECKPOINTS
+
+
+def latest_tag(out: Path) -> str | None:
+    """The tag DeepSpeed's ``latest`` file names, if a checkpoint was completed."""
+    pointer = checkpoint_dir(out) / "latest"
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def _check_out(request: FinetuneRequest, world_size: int) -> tuple[str | None, TrainState | None]:
+    out = request.out
+    if out.exists() and not out.is_dir():
+        raise RopextError(f"--out {out} is a file; give a folder for the checkpoints and the fine-tuned model")
+    if not request.resume:
+        # A folder holding only the metrics of a run that failed before saving anything is started over.
+        if out.is_dir() and any(p.name != METRICS for p in out.iterdir()):
+            raise RopextError(
+                f"--out {out} already holds files; pass --resume to continue its run, or choose a new folder"
+            )
+        return None, None
+    tag = latest_tag(out)
+    if tag is None:
+        raise RopextError(f"--resume: {checkpoint_dir(out)} holds no checkpoint; run without --resume to start")
+    sidecar = checkpoint_dir(out) / tag / SIDECAR
+    try:
+        saved = json.loads(sidecar.read_text())
+        state = TrainState(**saved["state"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RopextError(f"--resume: checkpoint {sidecar.parent} is incomplete (no readable {SIDECAR})") from None
+    if saved.get("world_size") != world_size:
+        raise RopextError(
+            f"--resume: checkpoint {tag} was written by {saved.get('world_size')} process(es), this run has "
+            f"{world_size}; ZeRO-3 keeps optimizer shards per process, so resume with --gpus {saved.get('world_size')}"
+        )
+    if state.step >= request.steps:
+        raise RopextError(
+            f"--resume: checkpoint {tag} is already at step {state.step}; pass --steps above {state.step} to continue"
+        )
+    return tag, state
+
+
+def _check_resumable(plan: Plan) -> None:
+    assert plan.resume_tag is not None
+    saved = json.loads((checkpoint_dir(plan.request.out) / plan.resume_tag / SIDECAR).read_text())
+    before, now = saved.get("settings", {}), plan.settings()
+    for key, value in now.items():
+        if before.get(key) == value:
+            continue
+        if key == "scaling":
+            what = f"other factors than {plan.request.factors}"
+        else:
+            what = f"{key} {before.get(key)!r}, not {value!r}"
+        raise RopextError(
+            f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with the same "
+            "--factors, --corpus, --train-length, --seed and --skip-docs, or choose a new --out"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- training
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C or SIGTERM after saving a checkpoint; the message says where."""
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    state: TrainState
+    first_step: int
+    """The step this run started from (0, or the checkpoint's)."""
+    last_loss: float | None
+    world: World = field(default_factory=World)
+
+
+def run_finetune(plan: Plan, world: World | None = None, console: Any = None) -> FinetuneResult:
+    """Train ``plan`` in this process (one of ``world``; None: a single process without a launcher)."""
+    with _process_group_env(world), warnings.catch_warnings():
+        # DeepSpeed calls torch.distributed functions that torch has renamed; the warnings say nothing to users.
+        warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"barrier\(\): using the device under current context")
+        return _train(plan, world or World(), console)
+
+
+@contextmanager
+def _process_group_env(world: World | None) -> Iterator[None]:
+    """Without a launcher, the environment torch.distributed reads, for a world of one process on a free port.
+    Restored afterwards, so a later run in the same process does not mistake it for a launcher's."""
+    if world is not None:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in _PROCESS_GROUP_KEYS}
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_SIZE="1"
+    )
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _init_deepspeed(world: World) -> bool:
+    """Start torch.distributed through DeepSpeed; True on DeepSpeed's CPU accelerator."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    cpu = accelerator.device_name() == "cpu"
+    if cpu and world.size == 1:
+        # DeepSpeed compiles a shared-memory all-reduce for CPU ranks on first use (a C++ build of ~30 s);
+        # a single process never reduces across ranks, so plain gloo is enough.
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
+    if not cpu:
+        accelerator.set_device(world.local_rank)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else None, verbose=False)
+    return cpu
+
+
+def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
+    import deepspeed
+    import torch
+
+    from ropext.model.apply import apply_scaling
+    from ropext.model.loading import quiet_transformers
+    from ropext.train.loss import ChunkedLossModel
+
+    quiet_transformers()
+    cpu = _init_deepspeed(world)
+    config = ds_config.for_accelerator(plan.config, cpu)
+    request = plan.request
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[ds_config.precision(config)]
+    model, zero3_loading = _load_model(plan, config, dtype)
+    apply_scaling(model, plan.scaling, source=str(request.factors))
+    _enable_activation_checkpointing(model)
+    model.config.use_cache = False  # no KV cache while training (and no warning about it per step)
+    module = ChunkedLossModel(model, request.chunk_tokens)
+    engine, *_ = deepspeed.initialize(
+        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config
+    )
+    del zero3_loading  # transformers' ZeRO-3 loading hook is needed by from_pretrained only
+    verify_after_zero3(engine.module, plan.scaling)
+    engine.train()
+
+    state = TrainState()
+    if plan.resume_tag is not None:
+        loaded, client = engine.load_checkpoint(str(checkpoint_dir(request.out)), tag=plan.resume_tag)
+        if loaded is None or "ropext" not in (client or {}):
+            raise RopextError(f"--resume: DeepSpeed could not load checkpoint {plan.resume_tag}")
+        state = TrainState(**client["ropext"])
+    first_step = state.step
+    # Creates --out. Safe only now: init_distributed is a rendezvous that every process reaches after its
+    # own plan_finetune has checked that --out was empty (or resumable).
+    reporter = _Reporter(plan, world, console, state)
+    last_loss: float | None = None
+    try:
+        with _StopOnSignal() as stop, reporter:
+            while state.step < request.steps:
+                began = time.perf_counter()
+                loss = _optimizer_step(engine, plan, world, state.samples)
+                # One small all-reduce per step: the mean loss over processes, and whether any process was
+                # asked to stop, so that all of them save the same checkpoint and stop together.
+                summary = torch.tensor([loss, float(stop.requested)], dtype=torch.float64, device=engine.device)
+                torch.distributed.all_reduce(summary)
+                last_loss = float(summary[0]) / world.size
+                seconds = time.perf_counter() - began
+                step_tokens = plan.samples_per_step * request.train_length
+                state.step += 1
+                state.samples += plan.samples_per_step
+                state.tokens += step_tokens
+                state.seconds += seconds
+                reporter.step(state, last_loss, float(engine.get_lr()[0]), step_tokens / seconds)
+                if float(summary[1]) > 0:
+                    tag = save_checkpoint(engine, plan, state, world)
+                    raise Interrupted(
+                        f"interrupted at step {state.step}; saved checkpoint {checkpoint_dir(request.out) / tag}, "
+                        "continue with the same command and --resume"
+                    )
+                if request.save_every and state.step % request.save_every == 0:
+                    tag = save_checkpoint(engine, plan, state, world)
+                    reporter.note(f"step {state.step}: saved checkpoint {tag}")
+        # The newest checkpoint is the end of the run whenever checkpoints are kept (periodic or resumed from).
+        if (request.save_every or plan.resume_tag is not None) and latest_tag(request.out) != _tag(state.step):
+            save_checkpoint(engine, plan, state, world)
+        save_pretrained(engine, model, plan, state, world)
+    finally:
+        reporter.close()
+    return FinetuneResult(request.out, state, first_step, last_loss, world)
+
+
+def _load_model(plan: Plan, config: dict[str, Any], dtype: Any) -> tuple[Any, Any]:
+    """The model, partitioned across processes while it loads (transformers' ZeRO-3 path), so no process
+    ever holds all of its weights. The returned hook object must stay alive until the engine exists."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    zero3_loading = HfDeepSpeedConfig(json.loads(json.dumps(config)))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            plan.source.path, dtype=dtype, attn_implementation=plan.request.attn, **plan.source.pretrained_kwargs()
+        )
+    except (OSError, ValueError, KeyError, ImportError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RopextError(f"cannot load model {plan.request.model}: {text}") from None
+    return model, zero3_loading
+
+
+def _enable_activation_checkpointing(model: Any) -> None:
+    # Non-reentrant checkpointing recomputes each decoder layer in backward; transformers renamed the method
+    # (activation_checkpointing_enable, the old name warns), older 5.x releases have only the old one.
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def verify_after_zero3(module: Any, scaling: RopeScaling) -> None:
+    """ZeRO-3 partitions parameters and casts them to bf16; RoPE's inv_freq is a (non-persistent) buffer and
+    must come through untouched: not partitioned, still float32, still the scaling's values."""
+    from ropext.model.apply import rotary_modules, verify_scaling
+
+    for name, rotary in rotary_modules(module):
+        for buffer_name, buffer in rotary.named_buffers():
+            if buffer_name.endswith("inv_freq") and hasattr(buffer, "ds_id"):
+                raise RopextError(f"DeepSpeed partitioned {name}.{buffer_name}; RoPE buffers must stay whole")
+    verify_scaling(module, scaling)
+
+
+def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> float:
+    """One optimizer step: ``grad_accum`` micro batches on this process; returns their mean loss.
+
+    Micro step m of process r reads samples ``samples + (m · world + r) · micro`` onwards, so the processes
+    and micro steps together consume ``samples_per_step`` consecutive samples.
+    """
+    import torch
+
+    micro = plan.micro_batch
+    total = 0.0
+    for m in range(plan.grad_accum):
+        first = samples + (m * world.size + world.rank) * micro
+        batch = torch.from_numpy(plan.windows.batch(first, micro)).to(engine.device)
+        loss = engine(batch)
+        engine.backward(loss)
+        engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
+        total += float(loss.detach())
+    return total / plan.grad_accum
+
+
+def _tag(step: int) -> str:
+    return f"step-{step}"
+
+
+def save_checkpoint(engine: Any, plan: Plan, state: TrainState, world: World) -> str:
+    """A DeepSpeed checkpoint (every process saves its shards) with the data position in client_state.
+
+    ropext.json is written first and DeepSpeed's ``latest`` last, so ``latest`` never names a checkpoint
+    that resuming cannot read; older checkpoints are deleted only once the new one is complete.
+    """
+    import torch
+
+    folder = checkpoint_dir(plan.request.out)
+    tag = _tag(state.step)
+    if world.is_main:
+        sidecar = {"state": asdict(state), "world_size": world.size, "settings": plan.settings()}
+        write_text_atomic(folder / tag / SIDECAR, json.dumps(sidecar, indent=2) + "\n")
+    torch.distributed.barrier()
+    engine.save_checkpoint(str(folder), tag=tag, client_state={"ropext": asdict(state)})
+    torch.distributed.barrier()
+    if world.local_rank == 0:
+        _prune_checkpoints(folder, keep=plan.request.keep_checkpoints)
+    torch.distributed.barrier()
+    return tag
+
+
+def _prune_checkpoints(folder: Path, keep: int) -> None:
+    tags = []
+    for path in folder.glob("step-*"):
+        suffix = path.name.removeprefix("step-")
+        if path.is_dir() and suffix.isdigit():
+            tags.append((int(suffix), path))
+    for _, path in sorted(tags)[:-keep]:
+        # Several nodes may prune one shared folder at once: whoever is second finds less to delete.
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def save_pretrained(engine: Any, model: Any, plan: Plan, state: TrainState, world: World) -> None:
+    """The fine-tuned model as a Hugging Face folder in ``--out``, with the scaling YAML beside it.
+
+    Each parameter is gathered from its ZeRO-3 shards in turn (every process takes part; only the first
+    keeps a CPU copy), so no GPU ever holds the whole model. The config already carries the scaling in
+    ``rope_parameters`` (written by apply_scaling), so plain transformers loads the same frequencies.
+    """
+    import deepspeed
+    import torch
+
+    state_dict: dict[str, Any] = {}
+    for name, parameter in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([parameter]):
+            if world.is_main:
+                state_dict[name] = parameter.detach().to("cpu", copy=True).contiguous()
+    if world.is_main:
+        out = plan.request.out
+        model.config.use_cache = True
+        model.save_pretrained(out, state_dict=state_dict)
+        plan.tokenizer.save_pretrained(out)
+        request = plan.request
+        finetuned = {
+            "from_model": request.model,
+            "corpus": request.corpus,
+            "train_length": request.train_length,
+            "steps": state.step,
+            "tokens": state.tokens,
+            "lr": plan.config["optimizer"]["params"]["lr"],
+            "seed": request.seed,
+            "skip_docs": request.skip_docs,
+            "skip_length": request.skip_length,
+            "ropext_version": __version__,
+        }
+        plan.scaling.with_provenance(finetuned=finetuned).save(out / SCALING_FILE)
+    torch.distributed.barrier()
+
+
+class _StopOnSignal:
+    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop after the current optimizer step and save a
+    checkpoint; a second Ctrl-C aborts at once. A SIGTERM never aborts: DeepSpeed's launcher sends one to
+    every process right after the terminal's SIGINT, and both must count as one request."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._interrupts = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                raise KeyboardInterrupt("interrupted again: stopped without saving a checkpoint")
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class _Reporter:
+    """Rank 0's view: a rich progress bar (loss, tokens/s, ETA) and metrics.jsonl, one line per step.
+
+    Where stderr is not a terminal (a batch job's log) the bar would show nothing, so a plain line is
+    printed every 5% of the run instead.
+    """
+
+    def __init__(self, plan: Plan, world: World, console: Any, state: TrainState) -> None:
+        self.active = world.is_main
+        self.steps = plan.request.steps
+        self.path = plan.request.out / METRICS
+        self.progress: Any = None
+        self.console = console
+        if not self.active:
+            return
+        plan.request.out.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(self.path, state.step)
+        self.file = self.path.open("a")
+        self.interactive = bool(console is not None and console.is_terminal)
+        self.every = max(1, self.steps // 20)
+        self.first_step = state.step
+
+    def __enter__(self) -> _Reporter:
+        if self.active and self.interactive:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            columns = (
+                TextColumn("finetune"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]} tok/s"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
+            self.progress = Progress(*columns, console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "finetune", total=self.steps, completed=self.first_step, loss="-", speed="-"
+            )
+        return self
+
+    def step(self, state: TrainState, loss: float, lr: float, tokens_per_s: float) -> None:
+        if not self.active:
+            return
+        record = {
+            "step": state.step,
+            "loss": loss,
+            "lr": lr,
+            "tokens": state.tokens,
+            "tokens_per_s": tokens_per_s,
+            "seconds": state.seconds,
+            "peak_memory_gb": _peak_memory_gb(),
+        }
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.step, loss=f"{loss:.4f}", speed=f"{tokens_per_s:,.0f}")
+        elif self.console is not None and (state.step % self.every == 0 or state.step == self.steps):
+            self.console.print(
+                f"step {state.step}/{self.steps}: loss {loss:.4f}, {tokens_per_s:,.0f} tokens/s, lr {lr:.3g}",
+                highlight=False,
+            )
+
+    def note(self, message: str) -> None:
+        if self.active and self.console is not None:
+            self.console.print(message, highlight=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def close(self) -> None:
+        self.__exit__()
+        if self.active:
+            self.file.close()
+
+
+def _peak_memory_gb() -> float | None:
+    """Peak GPU memory this process allocated so far (None on the CPU)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines after ``step``: a resumed run repeats the steps its last checkpoint did not include."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(kept))
