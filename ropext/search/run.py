@@ -130,27 +130,18 @@ def run_search(
     )
 
     def to_scaling(candidate: Candidate) -> RopeScaling:
-        if short:
-            return RopeScaling(
-                method=searcher.name,
-                rope_theta=layout.rope_theta,
-                rotary_dim=layout.rotary_dim,
-                original_max_position_embeddings=layout.original_max_position_embeddings,
-                max_position_embeddings=request.target_length,
-                factors=base.factors,
-                short_factors=candidate.factors,
-                attention_factor=attention,
-                start_tokens=base.start_tokens,
-            )
+        # A short-factor search varies --from's short vector and keeps its long factors and n̂.
+        long, start_tokens = (base.factors, base.start_tokens) if short else (candidate.factors, candidate.start_tokens)
         return RopeScaling(
             method=searcher.name,
             rope_theta=layout.rope_theta,
             rotary_dim=layout.rotary_dim,
             original_max_position_embeddings=layout.original_max_position_embeddings,
             max_position_embeddings=request.target_length,
-            factors=candidate.factors,
+            factors=long,
+            short_factors=candidate.factors if short else None,
             attention_factor=attention,
-            start_tokens=candidate.start_tokens,
+            start_tokens=start_tokens,
         )
 
     space = _space(layout, request, base, short, params)
