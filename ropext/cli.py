@@ -384,24 +384,46 @@ def inspect(
 app.command()(__import__("ropext.commands.export_command", fromlist=["export"]).export)
 __import__("ropext.commands.finetune_command", fromlist=["register"]).register(app)
 eval_app.command("ruler")(__import__("ropext.commands.ruler_command", fromlist=["eval_ruler"]).eval_ruler)
+app.command()(__import__("ropext.commands.report_command", fromlist=["report"]).report)
+eval_app.command("run")(__import__("ropext.commands.eval_run_command", fromlist=["eval_run"]).eval_run)
 # </registered commands>
+
+
+def _command_line_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort classes of the command-line layer: recent Typer raises its own vendored copies
+    of click's, older Typer plain click's; whichever exist are caught."""
+    usage: list[type] = []
+    aborts: list[type] = []
+    for module, usage_name, abort_name in (
+        ("typer._click.exceptions", "ClickException", None),
+        ("typer.exceptions", None, "Abort"),
+        ("click.exceptions", "ClickException", "Abort"),
+    ):
+        try:
+            exceptions = __import__(module, fromlist=["_"])
+        except ImportError:
+            continue
+        for name, found in ((usage_name, usage), (abort_name, aborts)):
+            if name and hasattr(exceptions, name):
+                found.append(getattr(exceptions, name))
+    return tuple(usage), tuple(aborts)
 
 
 def main() -> None:
     """Console entry point: one-line errors for bad input, no tracebacks, status 2."""
-    import click
-
+    usage_errors, aborts = _command_line_errors()
     try:
         status = app(standalone_mode=False)
     except RopextError as err:
         _fail(str(err))
-    except click.exceptions.Abort:
+    except (KeyboardInterrupt, *aborts):
         _fail("interrupted; results finished so far are saved", status=130)
-    except KeyboardInterrupt:
-        _fail("interrupted; results finished so far are saved", status=130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
+    except usage_errors as err:
+        if not err.format_message():  # `ropext` alone: the help was shown, nothing went wrong
+            sys.exit(0)
+        context = getattr(err, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail(f"{err.format_message()}{hint}", status=getattr(err, "exit_code", 2) or 2)
     except Exception as err:
         import torch
 

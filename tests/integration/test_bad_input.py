@@ -166,3 +166,16 @@ def test_failed_rerun_keeps_finished_results(inputs: Inputs, tmp_path: Path) -> 
     result = run_cli_subprocess(*_ppl(inputs.model, inputs.corpus, lengths="128,999999")(json_out))
     assert_clean_error(result, "no document", "999999")
     assert json_out.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["eval", "ppl"], "Missing option '--model'"),
+        (["search", "--model", "x", "--method", "pi", "-t", "8k", "--out", "f.yaml", "--bogus"], "No such option"),
+        (["no-such-command"], "No such command"),
+        (["eval", "ppl", "--model", "x", "--corpus", "y", "--lengths", "8k", "--max-docs", "abc"], "--max-docs"),
+    ],
+)
+def test_command_line_mistakes_are_one_clean_error_line(args: list[str], fragment: str) -> None:
+    assert_clean_error(run_cli_subprocess(*args), fragment)

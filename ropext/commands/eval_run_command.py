@@ -1,0 +1,187 @@
+"""``ropext eval run``: several tasks (ppl, passkey, ruler) on one loaded model (docs/report.md).
+
+Each task writes the result file its own command would write with ``--json`` (DIR/ppl.json,
+DIR/passkey.json, DIR/ruler.json): a rerun resumes, and ``ropext eval ppl --json DIR/ppl.json`` with the
+same arguments continues the same file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ropext.errors import RopextError
+
+RUNNABLE = ("ppl", "passkey", "ruler")
+
+
+def eval_run(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
+    ],
+    tasks: Annotated[str, typer.Option(help="Comma-separated tasks, run in this order: ppl, passkey, ruler.")],
+    lengths: Annotated[str, typer.Option(help="Comma-separated lengths for every task, e.g. 8k,16k,32k.")],
+    factors: Annotated[Path | None, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option("--method", help="A closed-form method to apply instead of --factors (see `ropext ls`)."),
+    ] = None,
+    target_length: Annotated[
+        str | None, typer.Option("--target-length", "-t", help="Target context for --method: 32768, 32k, 1m.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")
+    ] = None,
+    ppl_lengths: Annotated[str | None, typer.Option(help="ppl: lengths instead of --lengths.")] = None,
+    passkey_lengths: Annotated[str | None, typer.Option(help="passkey: lengths instead of --lengths.")] = None,
+    ruler_lengths: Annotated[str | None, typer.Option(help="ruler: lengths instead of --lengths.")] = None,
+    corpus: Annotated[
+        str | None, typer.Option(help="ppl: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.")
+    ] = None,
+    max_docs: Annotated[int, typer.Option(help="ppl: at most this many documents.")] = 10,
+    skip_docs: Annotated[int, typer.Option(help="ppl: skip this many long-enough documents first.")] = 0,
+    mode: Annotated[str, typer.Option(help="ppl: truncate (first L tokens per document) or sliding.")] = "truncate",
+    stride: Annotated[int | None, typer.Option(help="ppl, sliding mode: tokens between windows (default L/2).")] = None,
+    chunk_tokens: Annotated[int, typer.Option(help="ppl: positions per chunk of the loss.")] = 4096,
+    depths: Annotated[str, typer.Option(help="passkey: comma-separated depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
+    trials: Annotated[int, typer.Option(help="passkey: prompts per length and depth.")] = 5,
+    seed: Annotated[int, typer.Option(help="passkey and ruler: seed of the keys and samples.")] = 0,
+    ruler_tasks: Annotated[
+        str, typer.Option(help="ruler: comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")
+    ] = "all",
+    samples: Annotated[int, typer.Option(help="ruler: prompts per task and length.")] = 20,
+    haystack_corpus: Annotated[
+        str | None, typer.Option(help="ruler: essay text for the essay-haystack NIAH tasks, as --corpus.")
+    ] = None,
+    qa_data: Annotated[
+        list[Path] | None, typer.Option(help="ruler: SQuAD-style and/or HotpotQA-style JSON (repeatable).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="ruler: prompts generated together (left-padded).")] = 1,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="ruler: tokens generated per answer (default: RULER's per task).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default: cuda when present.")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    json_dir: Annotated[
+        Path | None, typer.Option(help="Write DIR/<task>.json after every length; rerunning resumes.")
+    ] = None,
+) -> None:
+    """Several tasks with one model load: ppl, passkey and/or ruler, each with its own result file."""
+    from ropext.cli import _prepare, _print_table, _run_task
+    from ropext.commands.ruler_command import _score_table
+    from ropext.lengths import parse_lengths
+
+    names = _task_names(tasks)
+    length_text = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
+    task_lengths = {name: tuple(parse_lengths(length_text[name] or lengths)) for name in names}
+    # Every option is checked before the model is loaded.
+    options: dict[str, Any] = {}
+    if "ppl" in names:
+        options["ppl"] = _ppl_options(corpus, task_lengths["ppl"], max_docs, skip_docs, mode, stride, chunk_tokens)
+    if "passkey" in names:
+        options["passkey"] = _passkey_options(task_lengths["passkey"], depths, trials, seed)
+    if "ruler" in names:
+        options["ruler"] = _ruler_options(
+            task_lengths["ruler"], ruler_tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
+        )
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    for name in names:
+        json_path = json_dir / f"{name}.json" if json_dir is not None else None
+        document = _run_task(name, prepared, options[name], json_path)
+        if name == "ppl":
+            _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
+        elif name == "passkey":
+            _print_table(document, ("accuracy", "depths"))
+        else:
+            _print_table(*_score_table(document))
+        if json_path is not None:
+            typer.echo(f"wrote {json_path}")
+
+
+def _task_names(text: str) -> list[str]:
+    """Canonical task names in the order given, each once; unknown names fail with a suggestion."""
+    from ropext.evaluate import TASKS
+    from ropext.registry import load_plugins
+
+    load_plugins()
+    names = list(dict.fromkeys(TASKS.canonical(part) for part in text.split(",") if part.strip()))
+    if not names:
+        raise RopextError("--tasks is empty: write e.g. --tasks ppl,passkey,ruler")
+    for name in names:
+        if name not in RUNNABLE:
+            raise RopextError(f"`eval run` runs {', '.join(RUNNABLE)}; run task {name!r} with its own command")
+    return names
+
+
+def _ppl_options(
+    corpus: str | None,
+    lengths: tuple[int, ...],
+    max_docs: int,
+    skip_docs: int,
+    mode: str,
+    stride: int | None,
+    chunk_tokens: int,
+):  # -> PerplexityOptions
+    from ropext.data.corpus import open_corpus
+    from ropext.evaluate.ppl import PerplexityOptions
+
+    if corpus is None:
+        raise RopextError("task ppl needs --corpus (the long documents to score)")
+    if mode not in ("truncate", "sliding"):
+        raise RopextError(f"unknown --mode {mode!r}; use truncate or sliding")
+    open_corpus(corpus)  # a missing corpus fails before the model is loaded
+    return PerplexityOptions(
+        corpus=corpus,
+        lengths=lengths,
+        max_docs=max_docs,
+        skip_docs=skip_docs,
+        mode=mode,
+        stride=stride,
+        chunk_tokens=chunk_tokens,
+    )
+
+
+def _passkey_options(lengths: tuple[int, ...], depths: str, trials: int, seed: int):  # -> PasskeyOptions
+    from ropext.evaluate.passkey import PasskeyOptions
+
+    try:
+        depth_values = tuple(float(d) for d in depths.split(",") if d.strip())
+    except ValueError:
+        raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
+    if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
+        raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
+    if trials < 1:
+        raise RopextError(f"--trials must be at least 1, got {trials}")
+    return PasskeyOptions(lengths=lengths, depths=depth_values, trials=trials, seed=seed)
+
+
+def _ruler_options(
+    lengths: tuple[int, ...],
+    tasks: str,
+    samples: int,
+    seed: int,
+    haystack_corpus: str | None,
+    qa_data: list[Path] | None,
+    batch_size: int,
+    max_new_tokens: int | None,
+):  # -> RulerOptions
+    from ropext.data.corpus import open_corpus
+    from ropext.evaluate.ruler.run import RulerOptions
+    from ropext.evaluate.ruler.tasks import load_qa_data
+
+    options = RulerOptions(
+        lengths=lengths,
+        samples=samples,
+        seed=seed,
+        haystack_corpus=haystack_corpus,
+        max_new_tokens=max_new_tokens,
+        tasks=tasks,
+        qa_data=tuple(str(path) for path in qa_data or ()),
+        batch_size=batch_size,
+    )
+    load_qa_data(options.qa_data)
+    if haystack_corpus is not None:
+        open_corpus(haystack_corpus)
+    return options

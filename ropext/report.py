@@ -1,0 +1,852 @@
+"""``ropext report``: one Markdown page, with its plots, from the result files of ``ropext eval``.
+
+Result files are grouped into sections by (task, model, options other than the lengths): numbers are
+comparable within a section. Inside a section there is one series per method label; files of the same
+label (e.g. the same scaling evaluated at different lengths by different runs) are merged by length.
+A method's label is the scaling's ``method``, plus the smallest disambiguator that tells apart scalings
+of the same method with different factors: the differing method parameters (``dprope:t=0.001``), the
+target length (``yarn@64k``), or, when neither does, the result file's stem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ropext.errors import RopextError
+from ropext.lengths import format_length
+
+TASK_TITLES = {"ppl": "Perplexity", "passkey": "Passkey retrieval", "ruler": "RULER"}
+REQUIRED_KEYS = ("task", "model", "scaling", "options", "results")
+METHOD_ORDER = ("original", "none", "pi", "ntk", "dynamic", "yarn", "dprope", "dcis", "longrope")
+"""Methods in tables and legends: baselines, closed forms, searchers; others after, in order of appearance."""
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@dataclass(frozen=True)
+class ResultDoc:
+    """One result file of ``ropext eval`` (``ropext.results.ResultFile``'s document)."""
+
+    path: Path
+    task: str
+    model: str
+    scaling: dict[str, Any] | None
+    options: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    device: str | None = None
+    dtype: str | None = None
+
+
+def load_result(path: Path) -> ResultDoc | None:
+    """The result file at ``path``; None for a comparison summary (``bench/eval_methods.py``'s
+    ``summary.json``), whose numbers are the per-method result files'. Anything else is an error."""
+    if not path.is_file():
+        raise RopextError(f"result file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RopextError(
+            f"{path} is not a ropext result file (not JSON); pass the --json files of `ropext eval`"
+        ) from None
+    if isinstance(data, dict) and "task" not in data and _is_comparison_summary(data):
+        return None
+    if not isinstance(data, dict) or any(key not in data for key in REQUIRED_KEYS):
+        raise RopextError(
+            f"{path} is not a ropext result file (it needs the keys {', '.join(REQUIRED_KEYS)}); "
+            "pass the --json files of `ropext eval`"
+        )
+    if data["task"] not in TASK_TITLES:
+        raise RopextError(f"{path}: unknown task {data['task']!r}; the report knows {', '.join(TASK_TITLES)}")
+    scaling, options, results = data["scaling"], data["options"], data["results"]
+    if not (scaling is None or isinstance(scaling, dict)) or not isinstance(options, dict):
+        raise RopextError(f"{path} is not a ropext result file: 'scaling' or 'options' is not a mapping")
+    if not isinstance(results, dict) or not all(_is_length_key(k) and isinstance(v, dict) for k, v in results.items()):
+        raise RopextError(f"{path} is not a ropext result file: 'results' must map lengths to results")
+    if scaling is not None and not isinstance(scaling.get("factors"), list):
+        raise RopextError(f"{path} is not a ropext result file: its scaling has no factors")
+    return ResultDoc(
+        path, data["task"], str(data["model"]), scaling, options, results, data.get("device"), data.get("dtype")
+    )
+
+
+def _is_length_key(key: str) -> bool:
+    return isinstance(key, str) and key.isdigit() and int(key) > 0
+
+
+def _is_comparison_summary(data: dict[str, Any]) -> bool:
+    """``{method: {task: {length: result}}}`` as written by ``bench/eval_methods.py``."""
+    return bool(data) and all(
+        isinstance(tasks, dict)
+        and tasks
+        and all(t in TASK_TITLES and isinstance(r, dict) and all(map(_is_length_key, r)) for t, r in tasks.items())
+        for tasks in data.values()
+    )
+
+
+def load_results(paths: Sequence[Path]) -> tuple[list[ResultDoc], list[Path]]:
+    """The result files in the order given, and the comparison summaries skipped."""
+    if not paths:
+        raise RopextError("no result files given: pass the --json files of `ropext eval`, e.g. results/*.json")
+    docs, skipped = [], []
+    for path in dict.fromkeys(paths):  # a file named twice counts once
+        doc = load_result(path)
+        if doc is None:
+            skipped.append(path)
+        else:
+            docs.append(doc)
+    if not docs:
+        raise RopextError("none of the files given is a ropext result file; pass the --json files of `ropext eval`")
+    return docs, skipped
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def scaling_key(scaling: dict[str, Any] | None) -> str:
+    """What makes two scalings evaluate alike: method, factor vectors, attention factor, start tokens
+    (and the target length only for ``dynamic``, whose factors depend on it). ``none`` computed for
+    32k and for 64k is the same scaling."""
+    if scaling is None:
+        return "original"
+    keep = ["method", "factors", "short_factors", "attention_factor", "start_tokens"]
+    if scaling["method"] == "dynamic":
+        keep.append("max_position_embeddings")
+    return json.dumps({k: scaling.get(k) for k in keep}, sort_keys=True)
+
+
+def label_key(doc: ResultDoc) -> tuple[str, str]:
+    """What a label names: one scaling (by ``scaling_key``) of one model."""
+    return doc.model, scaling_key(doc.scaling)
+
+
+def method_labels(docs: Iterable[ResultDoc]) -> dict[tuple[str, str], str]:
+    """A short label for every distinct scaling of each model (by ``label_key``), unique within the model."""
+    first: dict[tuple[str, str], ResultDoc] = {}
+    for doc in docs:
+        first.setdefault(label_key(doc), doc)
+    by_method: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for key, doc in first.items():
+        by_method.setdefault((doc.model, doc.scaling["method"] if doc.scaling else "original"), []).append(key)
+    labels: dict[tuple[str, str], str] = {}
+    for (_, method), keys in by_method.items():
+        if len(keys) == 1:
+            labels[keys[0]] = method
+            continue
+        scalings = {key: first[key].scaling or {} for key in keys}
+        labels |= _disambiguate(method, scalings, {key: first[key].path for key in keys})
+    return labels
+
+
+def _disambiguate(method: str, scalings: dict[Any, dict[str, Any]], paths: dict[Any, Path]) -> dict[Any, str]:
+    params = {key: (s.get("provenance") or {}).get("params") or {} for key, s in scalings.items()}
+    differing = sorted(
+        name
+        for name in {n for p in params.values() for n in p}
+        if len({json.dumps(p.get(name), sort_keys=True) for p in params.values()}) > 1
+    )
+
+    def params_part(key: Any) -> str:
+        parts = [f"{name}={_short_value(params[key].get(name))}" for name in differing]
+        return ":" + ",".join(parts) if parts else ""
+
+    def target_part(key: Any) -> str:
+        return "@" + format_length(int(scalings[key]["max_position_embeddings"]))
+
+    for use_params, use_target in ((False, True), (True, False), (True, True)):
+        labels = {
+            key: method + (params_part(key) if use_params else "") + (target_part(key) if use_target else "")
+            for key in scalings
+        }
+        if len(set(labels.values())) == len(labels):
+            return labels
+    return {key: f"{labels[key]} ({_file_stem(paths[key])})" for key in scalings}
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _file_stem(path: Path) -> str:
+    """``ppl-dcis-32k-32k.json`` -> ``dcis-32k-32k``: the stem without its task prefix."""
+    stem = path.stem
+    for task in TASK_TITLES:
+        stem = stem.removeprefix(f"{task}-")
+    return stem
+
+
+def label_order(labels: Iterable[str], targets: dict[str, int]) -> list[str]:
+    """Methods as in METHOD_ORDER, then others in order of first appearance; a method's variants by target
+    length, then by name."""
+    labels = list(dict.fromkeys(labels))
+    methods = list(dict.fromkeys(_base_method(label) for label in labels))
+
+    def rank(label: str) -> tuple[int, int, int, str]:
+        base = _base_method(label)
+        known = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+        return known, methods.index(base), targets.get(label, 0), label
+
+    return sorted(labels, key=rank)
+
+
+def _base_method(label: str) -> str:
+    return re.split(r"[:@ ]", label, maxsplit=1)[0]
+
+
+# ---------------------------------------------------------------------------------------------- sections
+@dataclass
+class Series:
+    """One method's results in one section, merged over the files that hold them."""
+
+    label: str
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Section:
+    """Results of one task on one model with the same options (other than the lengths): comparable numbers."""
+
+    task: str
+    model: str
+    options: dict[str, Any]
+    series: dict[str, Series] = field(default_factory=dict)
+    distinct_options: dict[str, Any] = field(default_factory=dict)
+    """The options that tell this section from others of the same task and model (empty if it is alone)."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lengths(self) -> list[int]:
+        return sorted({length for series in self.series.values() for length in series.results})
+
+    @property
+    def title(self) -> str:
+        return self._title(self.model)
+
+    @property
+    def plot_title(self) -> str:
+        return self._title(short_model(self.model))
+
+    def _title(self, model: str) -> str:
+        title = f"{TASK_TITLES[self.task]} — {model}"
+        if self.distinct_options:
+            title += " (" + ", ".join(f"{k} {_short_value(v)}" for k, v in self.distinct_options.items()) + ")"
+        return title
+
+
+def short_model(model: str) -> str:
+    """A local folder or file by its name (``/data/models/tiny`` -> ``tiny``); hub ids and aliases as they are."""
+    return Path(model.rstrip("/")).name if model.startswith(("/", ".", "~")) else model
+
+
+def _options_identity(options: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in options.items() if k != "lengths"}, sort_keys=True)
+
+
+def build_sections(docs: Sequence[ResultDoc], labels: dict[tuple[str, str], str]) -> list[Section]:
+    """Sections in task order (ppl, passkey, ruler), then in order of first appearance."""
+    sections: dict[tuple[str, str, str], Section] = {}
+    for doc in docs:
+        key = (doc.task, doc.model, _options_identity(doc.options))
+        section = sections.setdefault(key, Section(doc.task, doc.model, doc.options))
+        label = labels[label_key(doc)]
+        series = section.series.setdefault(label, Series(label))
+        series.sources.append(doc.path)
+        for length_key, result in doc.results.items():
+            _merge(section, series, int(length_key), result, doc.path)
+    ordered = sorted(sections.values(), key=lambda s: list(TASK_TITLES).index(s.task))
+    _mark_distinct_options(ordered)
+    return ordered
+
+
+def _merge(section: Section, series: Series, length: int, result: dict[str, Any], path: Path) -> None:
+    """Add one length's result; a length already present is kept (first file wins), a RULER length's tasks
+    are united, and a disagreement is noted in the section."""
+    if length not in series.results:
+        series.results[length] = result
+        return
+    kept = series.results[length]
+    old: Any
+    new: Any
+    if section.task == "ruler":
+        old_tasks, new_tasks = kept.get("tasks", {}), result.get("tasks", {})
+        tasks = {**new_tasks, **old_tasks}
+        scores = [entry["score"] for entry in tasks.values() if entry.get("score") is not None]
+        series.results[length] = {"tasks": tasks, "average": sum(scores) / len(scores) if scores else None}
+        old = {t: e.get("score") for t, e in old_tasks.items() if t in new_tasks}
+        new = {t: e.get("score") for t, e in new_tasks.items() if t in old_tasks}
+    else:
+        metric = "ppl" if section.task == "ppl" else "accuracy"
+        old, new = kept.get(metric), result.get(metric)
+    if not _same(old, new):
+        section.notes.append(
+            f"{series.label} at {format_length(length)}: {path} disagrees with an earlier file "
+            f"({_short_value(new)} vs {_short_value(old)}); the table shows the earlier one"
+        )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def _mark_distinct_options(sections: Sequence[Section]) -> None:
+    groups: dict[tuple[str, str], list[Section]] = {}
+    for section in sections:
+        groups.setdefault((section.task, section.model), []).append(section)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        names = sorted({n for s in group for n in s.options if n != "lengths"})
+        differing = [n for n in names if len({json.dumps(s.options.get(n), sort_keys=True) for s in group}) > 1]
+        for section in group:
+            section.distinct_options = {n: section.options.get(n) for n in differing}
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], right_from: int = 1, left: Sequence[int] = ()) -> str:
+    """A Markdown table; columns from ``right_from`` on are right-aligned, except those in ``left``."""
+    align = ["---" if i < right_from or i in left else "---:" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt_ppl(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}"
+
+
+def _fmt_score(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _metric_table(
+    section: Section, order: list[str], metric: str, fmt: Callable[[float | None], str], best: Callable
+) -> str:
+    """Methods as rows, lengths as columns; the best value of each column in bold."""
+    lengths = section.lengths
+    winners = {}
+    for length in lengths:
+        values = [s.results[length].get(metric) for s in section.series.values() if length in s.results]
+        values = [v for v in values if v is not None]
+        winners[length] = best(values) if len(values) > 1 else None
+    rows = []
+    for label in order:
+        cells = []
+        for length in lengths:
+            value = section.series[label].results.get(length, {}).get(metric)
+            text = fmt(value) if length in section.series[label].results else "-"
+            cells.append(f"**{text}**" if value is not None and value == winners[length] else text)
+        rows.append([label, *cells])
+    return _table(["method", *map(format_length, lengths)], rows)
+
+
+def ppl_table(section: Section, order: list[str]) -> str:
+    return _metric_table(section, order, "ppl", _fmt_ppl, min)
+
+
+def passkey_table(section: Section, order: list[str]) -> str:
+    return _metric_table(section, order, "accuracy", _fmt_score, max)
+
+
+def passkey_depths(section: Section) -> list[str]:
+    depths = {d for s in section.series.values() for r in s.results.values() for d in r.get("depths", {})}
+    return sorted(depths, key=float)
+
+
+def passkey_depth_table(section: Section, order: list[str]) -> str:
+    """One row per (method, length): the accuracy at each depth."""
+    depths = passkey_depths(section)
+    rows = []
+    for label in order:
+        for length, result in sorted(section.series[label].results.items()):
+            per_depth = result.get("depths", {})
+            rows.append([label, format_length(length), *(_fmt_score(per_depth.get(d)) for d in depths)])
+    return _table(["method", "length", *(f"depth {d}" for d in depths)], rows, right_from=1)
+
+
+def ruler_tasks(section: Section) -> list[str]:
+    from ropext.evaluate.ruler.tasks import ALL_TASKS
+
+    present = {t for s in section.series.values() for r in s.results.values() for t in r.get("tasks", {})}
+    return [t for t in ALL_TASKS if t in present] + sorted(present - set(ALL_TASKS))
+
+
+def ruler_table(section: Section, order: list[str]) -> str:
+    """One row per (method, length): the average and each task's score."""
+    tasks = ruler_tasks(section)
+    rows = []
+    for label in order:
+        for length, result in sorted(section.series[label].results.items()):
+            entries = result.get("tasks", {})
+            scores = [_fmt_score(entries[t].get("score"), 3) if t in entries else "-" for t in tasks]
+            rows.append([label, format_length(length), _fmt_score(result.get("average"), 3), *scores])
+    return _table(["method", "length", "average", *tasks], rows)
+
+
+def scalings_table(scalings: dict[str, dict[str, Any]], order: list[str], targets: dict[str, list[int]]) -> str:
+    """One row per scaling; ``targets``: every target length a label's scaling was computed for (``none``
+    at 32k and at 64k is one scaling)."""
+    rows = []
+    for label in order:
+        s = scalings[label]
+        factors, l0 = s["factors"], s["original_max_position_embeddings"]
+        rows.append(
+            [
+                label,
+                s["method"],
+                f"{format_length(l0)} → " + " / ".join(format_length(t) for t in targets[label]),
+                " / ".join(f"{t / l0:g}" for t in targets[label]),
+                f"{min(factors):.4g} – {max(factors):.4g}",
+                f"{s.get('attention_factor', 1.0):.4g}",
+                "yes" if s.get("short_factors") else "no",
+                _provenance_summary(s.get("provenance") or {}),
+            ]
+        )
+    header = ["label", "method", "context", "s", "λ range", "attention factor", "short factors", "made by"]
+    return _table(header, rows, right_from=2, left=(6, 7))
+
+
+def _provenance_summary(provenance: dict[str, Any]) -> str:
+    params = provenance.get("params") or {}
+    shown = ", ".join(f"{k}={_short_value(v)}" for k, v in params.items() if v is not None)
+    if "searcher" in provenance:
+        text = f"search by {provenance['searcher']}"
+        if provenance.get("evaluations") is not None:
+            text += f", {provenance['evaluations']} evaluations"
+        if isinstance(provenance.get("score"), int | float):
+            text += f", search ppl {provenance['score']:.4g}"
+        return text
+    return "closed form" + (f" ({shown})" if shown else "")
+
+
+def sources_table(docs: Sequence[ResultDoc], labels: dict[tuple[str, str], str]) -> str:
+    rows = [
+        [
+            f"`{doc.path}`",
+            doc.task,
+            doc.model,
+            labels[label_key(doc)],
+            ", ".join(format_length(int(k)) for k in doc.results) or "-",
+            doc.device or "?",
+            doc.dtype or "?",
+        ]
+        for doc in docs
+    ]
+    return _table(["file", "task", "model", "method", "lengths", "device", "dtype"], rows, right_from=99)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+@dataclass(frozen=True)
+class Style:
+    color: Any
+    linestyle: str
+    marker: str
+
+
+def series_styles(order: Sequence[str], targets: dict[str, int]) -> dict[str, Style]:
+    """One colour per method; a line style per target length when the label names it; a marker per
+    variant of the same method and target. The same label looks the same in every plot."""
+    plt = _pyplot()
+    palette = plt.get_cmap("tab10").colors
+    methods = list(dict.fromkeys(_base_method(label) for label in order))
+    named_targets = sorted({targets[label] for label in order if "@" in label and label in targets})
+    variants: dict[tuple[str, int], int] = {}
+    styles = {}
+    for label in order:
+        base = _base_method(label)
+        target = targets.get(label, 0) if "@" in label else 0
+        variant = variants.get((base, target), 0)
+        variants[(base, target)] = variant + 1
+        line = LINESTYLES[named_targets.index(target) % len(LINESTYLES)] if target in named_targets else "-"
+        styles[label] = Style(palette[methods.index(base) % len(palette)], line, MARKERS[variant % len(MARKERS)])
+    return styles
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RopextError("ropext report needs matplotlib: pip install 'ropext[plot]'") from None
+    return plt
+
+
+def _length_axis(ax: Any, lengths: Sequence[int]) -> None:
+    """Log2 x axis with one tick per length, labelled like 8k."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(list(lengths)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([format_length(length) for length in lengths])
+    if len(lengths) == 1:
+        ax.set_xlim(lengths[0] / 1.5, lengths[0] * 1.5)
+    else:
+        ax.set_xlim(min(lengths) / 1.25, max(lengths) * 1.25)
+    ax.set_xlabel("length (tokens)")
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def _legend(ax: Any, count: int) -> None:
+    if count > 6:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    else:
+        ax.legend(fontsize="small")
+
+
+def plot_ppl(section: Section, order: list[str], styles: dict[str, Style], path: Path) -> None:
+    """Perplexity against length, one line per method; log-scale y, log2-scale x."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9 if len(order) > 6 else 7, 4.8), layout="constrained")
+    values = []
+    for label in order:
+        points = sorted((length, r["ppl"]) for length, r in section.series[label].results.items() if "ppl" in r)
+        if not points:
+            continue
+        values += [p for _, p in points]
+        style = styles[label]
+        ax.plot(
+            *zip(*points, strict=True),
+            label=label,
+            color=style.color,
+            linestyle=style.linestyle,
+            marker=style.marker,
+            markersize=5,
+        )
+    _log10_axis(ax, values)
+    _length_axis(ax, section.lengths)
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title(section.plot_title, fontsize="medium")
+    ax.grid(True, which="both", alpha=0.3)
+    _legend(ax, len(order))
+    _save(fig, path)
+
+
+def _log10_axis(ax: Any, values: Sequence[float]) -> None:
+    """Log y axis labelled with plain numbers (30, 40, 60, 100, ...): as many labelled ticks as the range allows."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    if not values:
+        return
+    decades = math.log10(max(values) / min(values))
+    subs = (1, 2, 3, 4, 5, 6, 7, 8, 9) if decades <= 1 else (1, 2, 3, 4, 6) if decades <= 2.5 else (1, 2, 5)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+
+
+def plot_passkey(section: Section, order: list[str], path: Path) -> None:
+    """One heatmap per method: depth of the key (rows) × length (columns), each cell annotated with its
+    accuracy; every panel has the section's lengths, so columns line up (grey: not measured)."""
+    import numpy as np
+
+    plt = _pyplot()
+    depths, lengths = passkey_depths(section), section.lengths
+    columns = min(4, len(order))
+    rows = math.ceil(len(order) / columns)
+    panel_width, panel_height = 0.62 * len(lengths) + 0.9, 0.3 * len(depths) + 0.75
+    fig, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(panel_width * columns + 1.3, panel_height * rows + 0.5),
+        layout="constrained",
+        squeeze=False,
+        sharey=True,
+    )
+    cmap = plt.get_cmap("YlGn").with_extremes(bad="#dddddd")
+    image = None
+    for ax, label in zip(axes.flat, order, strict=False):
+        results = section.series[label].results
+        grid = np.array(
+            [[results.get(length, {}).get("depths", {}).get(d, np.nan) for length in lengths] for d in depths],
+            dtype=float,
+        )
+        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for row, col in np.ndindex(grid.shape):
+            value = grid[row, col]
+            text, color = ("–", "grey") if np.isnan(value) else (f"{value:.2f}", "white" if value > 0.6 else "black")
+            ax.text(col, row, text, ha="center", va="center", fontsize=8, color=color)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks(range(len(lengths)), [format_length(length) for length in lengths])
+        ax.tick_params(labelsize=8, length=0)
+    for ax in axes[:, 0]:
+        ax.set_yticks(range(len(depths)), depths)
+        ax.set_ylabel("depth", fontsize=8)
+    for column in range(columns):  # the lowest panel of each column names the x axis
+        axes[(len(order) - 1 - column) // columns, column].set_xlabel("length", fontsize=8)
+    for ax in list(axes.flat)[len(order) :]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes, fraction=0.04, pad=0.01, label="accuracy")
+    fig.suptitle(f"{section.plot_title}: accuracy by depth of the key and length", fontsize=10)
+    _save(fig, path)
+
+
+def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], path: Path) -> None:
+    """RULER's average score against length, one line per method."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9 if len(order) > 6 else 7, 4.5), layout="constrained")
+    for label in order:
+        points = sorted(
+            (length, r["average"])
+            for length, r in section.series[label].results.items()
+            if r.get("average") is not None
+        )
+        if points:
+            style = styles[label]
+            ax.plot(
+                *zip(*points, strict=True),
+                label=label,
+                color=style.color,
+                linestyle=style.linestyle,
+                marker=style.marker,
+                markersize=5,
+            )
+    _length_axis(ax, section.lengths)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel(f"average score ({len(ruler_tasks(section))} tasks)")
+    ax.set_title(section.plot_title, fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    _legend(ax, len(order))
+    _save(fig, path)
+
+
+def plot_factors(
+    scalings: dict[str, dict[str, Any]], order: list[str], styles: dict[str, Style], model: str, path: Path
+) -> None:
+    """λ_i against pair index for every scaling in one plot, the original wavelength 2π·θ^(2i/d) of each
+    pair on the top axis, and a line where that wavelength reaches L0 (pairs to its right never complete
+    a turn within the trained context)."""
+    plt = _pyplot()
+    first = scalings[order[0]]
+    theta, dim, l0 = first["rope_theta"], first["rotary_dim"], first["original_max_position_embeddings"]
+    pairs = list(range(dim // 2))
+    wavelength = [2 * math.pi * theta ** (2 * i / dim) for i in pairs]
+    fig, ax = plt.subplots(figsize=(11 if len(order) > 6 else 9, 5.6), layout="constrained")
+    for label in order:
+        scaling, style = scalings[label], styles[label]
+        ax.plot(
+            pairs,
+            scaling["factors"],
+            label=label,
+            color=style.color,
+            linestyle=style.linestyle,
+            marker=style.marker,
+            markersize=3.5,
+            linewidth=1.4,
+        )
+        if scaling.get("short_factors"):
+            ax.plot(
+                pairs, scaling["short_factors"], label=f"{label} (short)", color=style.color, linestyle=":", linewidth=1
+            )
+    _log2_axis(ax, [f for label in order for f in scalings[label]["factors"]])
+    critical = (dim / 2) * math.log(l0 / (2 * math.pi)) / math.log(theta)  # where the wavelength reaches L0
+    if 0 <= critical <= pairs[-1]:
+        ax.axvline(critical, color="grey", linestyle="--", linewidth=1)
+        ax.text(
+            critical,
+            0.99,
+            f" wavelength = L0 ({format_length(l0)})",
+            color="dimgrey",
+            fontsize="small",
+            va="top",
+            transform=ax.get_xaxis_transform(),
+        )
+    ax.set_xlim(-0.5, pairs[-1] + 0.5)
+    ax.set_xlabel("pair index i (0 rotates fastest)")
+    ax.set_ylabel("factor λ_i (log scale)")
+    ax.grid(True, which="major", alpha=0.3)
+    layout = f"θ = {theta:g}, d = {dim}, L0 = {format_length(l0)}"
+    ax.set_title(f"{short_model(model)}: per-pair factors of every scaling ({layout})", fontsize="medium")
+    _wavelength_axis(ax, theta, dim, wavelength)
+    _legend(ax, len(order))
+    _save(fig, path)
+
+
+def _log2_axis(ax: Any, values: Sequence[float]) -> None:
+    """Log y axis with ticks at powers of two (1, 2, 4, 8), labelled as plain numbers."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    low, high = min(values), max(values)
+    ax.set_yscale("log", base=2)
+    ticks = [2.0**k for k in range(math.floor(math.log2(low)), math.ceil(math.log2(high)) + 1)]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.set_yticklabels([f"{t:g}" for t in ticks])
+    ax.set_ylim(low / 1.15, high * 1.15)
+
+
+def _wavelength_axis(ax: Any, theta: float, dim: int, wavelength: list[float]) -> None:
+    """A top axis giving the original wavelength 2π·θ^(2i/d) of pair i, at powers of ten."""
+
+    def to_wavelength(i):
+        import numpy as np
+
+        return 2 * math.pi * np.power(theta, 2 * np.asarray(i, dtype=float) / dim)
+
+    def to_index(w):
+        import numpy as np
+
+        return (dim / 2) * np.log(np.maximum(np.asarray(w, dtype=float), 1e-12) / (2 * math.pi)) / math.log(theta)
+
+    axis = ax.secondary_xaxis("top", functions=(to_wavelength, to_index))
+    ticks = [10**k for k in range(1, 12) if wavelength[0] <= 10**k <= wavelength[-1]]
+    axis.set_xticks(ticks, [_tokens(t) for t in ticks])
+    axis.set_xlabel("original wavelength of pair i (tokens)")
+
+
+def _tokens(value: float) -> str:
+    for size, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "k")):
+        if value >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
+
+
+# ---------------------------------------------------------------------------------------------- page
+@dataclass
+class Report:
+    markdown: Path
+    plots: list[Path]
+    sections: list[Section]
+    skipped: list[Path]
+
+
+def write_report(paths: Sequence[Path], out: Path, title: str = "ropext report") -> Report:
+    """Read the result files, write ``out/report.md`` and its PNGs beside it."""
+    _pyplot()  # fail early without matplotlib
+    docs, skipped = load_results(paths)
+    labels = method_labels(docs)
+    scalings: dict[str, dict[str, dict[str, Any]]] = {}  # model -> label -> scaling
+    all_targets: dict[str, dict[str, list[int]]] = {}  # model -> label -> target lengths
+    for doc in docs:
+        if doc.scaling is not None:
+            label, target = labels[label_key(doc)], int(doc.scaling["max_position_embeddings"])
+            scalings.setdefault(doc.model, {}).setdefault(label, doc.scaling)
+            known = all_targets.setdefault(doc.model, {}).get(label, [])
+            all_targets[doc.model][label] = sorted({*known, target})
+    targets = {label: max(t) for per_model in all_targets.values() for label, t in per_model.items()}
+    order = label_order([labels[label_key(d)] for d in docs], targets)
+    styles = series_styles(order, targets)
+    sections = build_sections(docs, labels)
+    if out.exists() and not out.is_dir():
+        raise RopextError(f"--out {out} is a file; give a folder for report.md and its plots")
+    out.mkdir(parents=True, exist_ok=True)
+    names = _FileNames()
+    plots: list[Path] = []
+    lines = [f"# {title}", "", _intro(docs, sections), ""]
+
+    for model in dict.fromkeys(d.model for d in docs):
+        model_scalings = scalings.get(model)
+        if not model_scalings:
+            continue
+        model_order = [label for label in order if label in model_scalings]
+        lines += [f"## Scalings — {model}", "", scalings_table(model_scalings, model_order, all_targets[model]), ""]
+        for group in _same_layout(model_scalings, model_order):
+            path = out / names.take(f"factors-{_slug(model)}")
+            plot_factors(model_scalings, group, styles, model, path)
+            plots.append(path)
+            lines += [f"![factors λ_i against pair index, {model}]({path.name})", ""]
+
+    for section in sections:
+        section_order = [label for label in order if label in section.series]
+        lines += [f"## {section.title}", "", _options_line(section), ""]
+        distinct = "".join(f"-{k}-{_short_value(v)}" for k, v in section.distinct_options.items())
+        path = out / names.take(_slug(f"{section.task}-{short_model(section.model)}{distinct}"))
+        if not section.lengths:
+            lines += ["No finished lengths in these files yet.", ""]
+            continue
+        if section.task == "ppl":
+            lines += ["Perplexity of the first L tokens (lower is better; best per length in bold):", ""]
+            lines += [ppl_table(section, section_order), ""]
+            plot_ppl(section, section_order, styles, path)
+            lines += [f"![perplexity against length]({path.name})", ""]
+        elif section.task == "passkey":
+            lines += ["Accuracy over all depths (best per length in bold):", ""]
+            lines += [passkey_table(section, section_order), ""]
+            plot_passkey(section, section_order, path)
+            lines += [f"![passkey accuracy by length and depth]({path.name})", ""]
+            lines += ["<details><summary>Accuracy per depth</summary>", "", passkey_depth_table(section, section_order)]
+            lines += ["", "</details>", ""]
+        else:
+            lines += ["Score per task (0 to 1; `n/a`: no question data given) and their average:", ""]
+            lines += [ruler_table(section, section_order), ""]
+            plot_ruler(section, section_order, styles, path)
+            lines += [f"![RULER average score against length]({path.name})", ""]
+        plots.append(path)
+        lines += [f"- note: {note}" for note in section.notes] + ([""] if section.notes else [])
+
+    lines += ["## Sources", "", sources_table(docs, labels), ""]
+    if skipped:
+        note = "Skipped (comparison summaries; their per-method result files hold the same numbers): "
+        lines += [note + ", ".join(f"`{p}`" for p in skipped), ""]
+    markdown = out / "report.md"
+    markdown.write_text("\n".join(lines).rstrip() + "\n")
+    return Report(markdown, plots, sections, skipped)
+
+
+def _intro(docs: Sequence[ResultDoc], sections: Sequence[Section]) -> str:
+    models = ", ".join(dict.fromkeys(d.model for d in docs))
+    tasks = ", ".join(dict.fromkeys(TASK_TITLES[s.task] for s in sections))
+    return (
+        f"Made by `ropext report` from {len(docs)} result files of `ropext eval`: {tasks} on {models}. "
+        "A method's label is the scaling's method, with its differing parameters (`:t=0.001`) or target "
+        "length (`@64k`) when several scalings of one method appear. Sections group results with the same "
+        "task, model and options, so numbers within a section are comparable."
+    )
+
+
+def _options_line(section: Section) -> str:
+    shown = {k: v for k, v in section.options.items() if k != "lengths" and v is not None}
+    return "Options: " + ", ".join(f"{k} `{_short_value(v)}`" for k, v in shown.items()) + "."
+
+
+def _same_layout(scalings: dict[str, dict[str, Any]], order: list[str]) -> list[list[str]]:
+    """Labels grouped by rotary layout (θ, d, L0): one factor plot per layout."""
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for label in order:
+        s = scalings[label]
+        groups.setdefault((s["rope_theta"], s["rotary_dim"], s["original_max_position_embeddings"]), []).append(label)
+    return list(groups.values())
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (a local model path by its last part)."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", short_model(text)).strip("-.") or "model"
+
+
+class _FileNames:
+    """Unique PNG names: ``ppl-smollm2-135m.png``, then ``ppl-smollm2-135m-2.png``, ..."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def take(self, stem: str) -> str:
+        name, n = f"{stem}.png", 1
+        while name in self.used:
+            n += 1
+            name = f"{stem}-{n}.png"
+        self.used.add(name)
+        return name

@@ -1,0 +1,185 @@
+"""`ropext report`: the page and its plots from the committed benchmark results and a tiny RULER run; bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from integration_support import PNG_MAGIC, CliResult, assert_clean_error, assert_ok, read_json, run_cli
+
+from ropext.report import load_results, method_labels
+
+BENCH = Path(__file__).parents[2] / "bench" / "results"
+METHODS = BENCH / "methods-h100"
+METHOD_FILES = sorted(METHODS.glob("ppl-*.json")) + sorted(METHODS.glob("passkey-*.json"))
+RULER_LENGTH = 1024
+RULER_TASKS = ("niah_single_1", "vt")
+
+
+def _ruler(model: Path, json_out: Path, *scaling: str) -> dict[str, Any]:
+    result = run_cli(
+        "eval", "ruler", "--model", model, "--tasks", ",".join(RULER_TASKS), "--lengths", str(RULER_LENGTH),
+        "--samples", "1", "--max-new-tokens", "8", "--device", "cpu", "--json", json_out, *scaling,
+    )  # fmt: skip
+    assert_ok(result)
+    return read_json(json_out)
+
+
+@pytest.fixture(scope="module")
+def ruler_files(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """RULER on the tiny model as it is, and rescaled by YaRN to 1k (4 × its context)."""
+    folder = tmp_path_factory.mktemp("ruler-results")
+    _ruler(tiny_model, folder / "ruler-original.json")
+    _ruler(tiny_model, folder / "ruler-yarn.json", "--method", "yarn", "-t", "1k")
+    return [folder / "ruler-original.json", folder / "ruler-yarn.json"]
+
+
+@pytest.fixture(scope="module")
+def report(ruler_files: list[Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CliResult]:
+    out = tmp_path_factory.mktemp("report") / "page"
+    result = run_cli("report", *METHOD_FILES, *ruler_files, "--out", out, "--title", "Test report")
+    assert_ok(result)
+    return out, result
+
+
+def _page(report: tuple[Path, CliResult]) -> str:
+    return (report[0] / "report.md").read_text()
+
+
+def _table_row(page: str, label: str, after: str) -> str:
+    """The first table row of ``label`` after the heading line containing ``after``."""
+    section = page[page.index(after) :]
+    match = re.search(rf"^\| {re.escape(label)} \|.*$", section, flags=re.MULTILINE)
+    assert match, f"no row {label!r} after {after!r}"
+    return match.group()
+
+
+def test_page_mentions_every_method_and_source(report: tuple[Path, CliResult]) -> None:
+    page = _page(report)
+    assert page.startswith("# Test report\n")
+    for label in ("none", "pi", "ntk", "yarn", "dprope:t=0", "dprope:t=0.001", "original"):
+        assert f"| {label} |" in page, label
+    for heading in ("## Perplexity — smollm2-135m", "## Passkey retrieval — smollm2-135m", "## RULER — "):
+        assert heading in page
+    sources = page[page.index("## Sources") :]
+    for path in METHOD_FILES:
+        assert str(path) in sources
+    assert "NVIDIA H100 80GB HBM3" in sources and "| cpu |" in sources
+    assert "wrote " in report[1].stdout
+
+
+def test_tables_hold_the_numbers_of_the_files(report: tuple[Path, CliResult]) -> None:
+    page = _page(report)
+    yarn = read_json(METHODS / "ppl-yarn-64k.json")["results"]
+    row = _table_row(page, "yarn", "## Perplexity")
+    assert [cell.strip("* ") for cell in row.strip("|").split("|")[1:]] == [
+        f"{yarn[k]['ppl']:.3f}" for k in ("8192", "16384", "32768", "65536")
+    ]
+    ntk = read_json(METHODS / "passkey-ntk-64k.json")["results"]
+    row = _table_row(page, "ntk", "## Passkey")
+    assert [cell.strip("* ") for cell in row.strip("|").split("|")[1:]] == [
+        f"{ntk[k]['accuracy']:.2f}" for k in ("8192", "16384", "32768", "65536")
+    ]
+
+
+def test_ruler_table_has_each_task_and_the_average(report: tuple[Path, CliResult], ruler_files: list[Path]) -> None:
+    page = _page(report)
+    ruler = page[page.index("## RULER") :]
+    assert "| method | length | average | niah_single_1 | vt |" in ruler
+    for label, path in zip(("original", "yarn"), ruler_files, strict=True):
+        result = read_json(path)["results"][str(RULER_LENGTH)]
+        scores = [f"{result['tasks'][t]['score']:.3f}" for t in RULER_TASKS]
+        expected = f"| {label} | 1k | {result['average']:.3f} | " + " | ".join(scores) + " |"
+        assert expected in ruler
+
+
+def test_every_plot_is_linked_and_is_a_real_png(report: tuple[Path, CliResult]) -> None:
+    out, _ = report
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", _page(report))
+    assert {Path(link).name.split("-")[0] for link in links} == {"factors", "ppl", "passkey", "ruler"}
+    assert len(links) == 5  # factors of each model, ppl, passkey, ruler
+    assert sorted(links) == sorted(p.name for p in out.glob("*.png"))
+    for link in links:
+        assert "/" not in link  # relative to the page: beside it
+        data = (out / link).read_bytes()
+        assert data.startswith(PNG_MAGIC), link
+        assert len(data) > 10_000, f"{link}: {len(data)} bytes"
+
+
+def test_labels_tell_the_same_method_at_two_targets_apart() -> None:
+    files = [METHODS / "ppl-yarn-64k.json", BENCH / "search-h100/eval-32k/ppl-yarn-32k.json"]
+    files += [METHODS / "ppl-dprope-64k.json", METHODS / "ppl-dprope_t_0.001-64k.json"]
+    files += [BENCH / "search-h100/eval-32k/ppl-none-32k.json", BENCH / "search-h100/eval-64k/ppl-none-64k.json"]
+    docs, _ = load_results(files)
+    assert sorted(set(method_labels(docs).values())) == ["dprope:t=0", "dprope:t=0.001", "none", "yarn@32k", "yarn@64k"]
+
+
+def test_comparison_summary_in_a_glob_is_skipped(tmp_path: Path) -> None:
+    result = run_cli("report", METHODS / "summary.json", METHODS / "ppl-pi-64k.json", "--out", tmp_path)
+    assert_ok(result)
+    assert "skipped 1" in result.stdout
+    page = (tmp_path / "report.md").read_text()
+    assert "summary.json" in page[page.index("Skipped") :]
+
+
+def _bad(tmp_path: Path, name: str, content: str | None) -> Path:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.json", None, "does not exist"),
+        ("notes.txt", "just text", "is not a ropext result file"),
+        ("other.json", json.dumps({"loss": 1.0}), "is not a ropext result file"),
+        ("list.json", "[1, 2]", "is not a ropext result file"),
+        (
+            "task.json",
+            json.dumps({"task": "mmlu", "model": "m", "scaling": None, "options": {}, "results": {}}),
+            "mmlu",
+        ),
+    ],
+)
+def test_bad_input_is_one_error_line(tmp_path: Path, name: str, content: str | None, message: str) -> None:
+    result = run_cli("report", METHODS / "ppl-pi-64k.json", _bad(tmp_path, name, content), "--out", tmp_path / "out")
+    assert_clean_error(result, message, name)
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+def test_a_scaling_yaml_is_not_a_result_file(tmp_path: Path) -> None:
+    result = run_cli("report", BENCH / "search-h100/dcis-32k.yaml", "--out", tmp_path)
+    assert_clean_error(result, "is not a ropext result file")
+
+
+def test_no_files_or_a_file_as_out_is_one_error_line(tmp_path: Path) -> None:
+    assert_clean_error(run_cli("report", "--out", tmp_path / "out"), "no result files given")
+    (tmp_path / "taken").write_text("")
+    result = run_cli("report", METHODS / "ppl-pi-64k.json", "--out", tmp_path / "taken")
+    assert_clean_error(result, "is a file")
+
+
+def test_files_of_one_series_merge_and_disagreements_are_noted(tmp_path: Path, ruler_files: list[Path]) -> None:
+    changed = read_json(METHODS / "ppl-yarn-64k.json")
+    changed["results"]["8192"]["ppl"] *= 2
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    ruler = read_json(ruler_files[0])
+    halves = []
+    for task in RULER_TASKS:  # the same run split in two files, one task each
+        part = json.loads(json.dumps(ruler))
+        part["results"][str(RULER_LENGTH)]["tasks"] = {task: ruler["results"][str(RULER_LENGTH)]["tasks"][task]}
+        halves.append(tmp_path / f"ruler-{task}.json")
+        halves[-1].write_text(json.dumps(part))
+    out = tmp_path / "out"
+    assert_ok(run_cli("report", METHODS / "ppl-yarn-64k.json", tmp_path / "changed.json", *halves, "--out", out))
+    page = (out / "report.md").read_text()
+    assert "- note: yarn at 8k:" in page and "changed.json disagrees" in page
+    result = ruler["results"][str(RULER_LENGTH)]
+    scores = " | ".join(f"{result['tasks'][t]['score']:.3f}" for t in RULER_TASKS)
+    assert f"| original | 1k | {result['average']:.3f} | {scores} |" in page
