@@ -210,25 +210,9 @@ def _prepare(
 
 
 def _header(task: str, prepared, options: Any) -> dict[str, Any]:
-    import dataclasses
+    from ropext.results import result_header
 
-    return {
-        "task": task,
-        "model": prepared.source.spec,
-        "scaling": prepared.scaling.to_dict() if prepared.scaling is not None else None,
-        "options": dataclasses.asdict(options),
-        "device": _device_name(prepared.device),
-        "dtype": str(next(prepared.model.parameters()).dtype).removeprefix("torch."),
-        "ropext_version": __version__,
-    }
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if str(device).startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return "cpu"
+    return result_header(task, prepared, options)
 
 
 def _run_task(task: str, prepared, options: Any, json_path: Path | None) -> dict[str, Any]:

@@ -6,13 +6,11 @@ interrupted resumes where it stopped and its files feed any later report.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ropext import __version__
 from ropext.evaluate.passkey import PasskeyOptions, evaluate_passkey
 from ropext.evaluate.ppl import PerplexityOptions, evaluate_perplexity
 from ropext.evaluate.progress import QuietTracker, RichTracker
@@ -22,7 +20,7 @@ from ropext.model.apply import apply_scaling
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import load_layout
 from ropext.model.prepared import PreparedModel, prepare_model
-from ropext.results import ResultFile
+from ropext.results import ResultFile, result_header
 from ropext.scaling import RopeScaling
 
 
@@ -56,7 +54,8 @@ def compare_methods(
                 continue
             file_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # "dprope:t=0.001" -> "dprope_t_0.001"
             store = ResultFile(
-                out_dir / f"{task}-{file_name}-{format_length(target_length)}.json", _header(task, prepared, options)
+                out_dir / f"{task}-{file_name}-{format_length(target_length)}.json",
+                result_header(task, prepared, options),
             )
             summary[name][task] = _run(run, prepared, options, store, show_progress)
     return summary
@@ -76,21 +75,6 @@ def scaling_for_spec(spec: str, layout: RotaryLayout, target_length: int) -> Rop
     name, _, params = spec.partition(":")
     method = METHODS.get(name)
     return method.run(layout, target_length, method.parse_params([p for p in params.split(",") if p]))
-
-
-def _header(task: str, prepared: PreparedModel, options: Any) -> dict[str, Any]:
-    import torch
-
-    device = prepared.device
-    return {
-        "task": task,
-        "model": prepared.source.spec,
-        "scaling": prepared.scaling.to_dict() if prepared.scaling is not None else None,
-        "options": dataclasses.asdict(options),
-        "device": torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else "cpu",
-        "dtype": str(next(prepared.model.parameters()).dtype).removeprefix("torch."),
-        "ropext_version": __version__,
-    }
 
 
 def _run(run, prepared: PreparedModel, options: Any, store: ResultFile, show_progress: bool) -> dict[str, Any]:

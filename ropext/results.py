@@ -10,6 +10,26 @@ from ropext.errors import RopextError
 from ropext.scaling import write_text_atomic
 
 
+def result_header(task: str, prepared: Any, options: Any) -> dict[str, Any]:
+    """What identifies a result file's run (task, model, scaling, options) and where it ran."""
+    import dataclasses
+
+    import torch
+
+    from ropext import __version__
+
+    device = str(prepared.device)
+    return {
+        "task": task,
+        "model": prepared.source.spec,
+        "scaling": prepared.scaling.to_dict() if prepared.scaling is not None else None,
+        "options": dataclasses.asdict(options),
+        "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
+        "dtype": str(next(prepared.model.parameters()).dtype).removeprefix("torch."),
+        "ropext_version": __version__,
+    }
+
+
 class ResultFile:
     """``{"task", "model", "scaling", "options", "results": {length: {...}}, ...}`` kept on disk.
 
