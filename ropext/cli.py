@@ -158,12 +158,18 @@ def search(
 
 
 def _run_searcher(request, out: Path, journal: Path) -> None:
+    import os
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ropext.model.loading import load_layout
     from ropext.search.run import run_search
 
     source, layout = load_layout(request.model)
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Another process of a torchrun launch: it scores its share; rank 0 reports and writes the file.
+        run_search(request, source, layout, journal, None)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=_console(), transient=True) as progress:
         task = progress.add_task(f"{request.searcher}: starting", total=None)

@@ -86,6 +86,7 @@ class PerplexityEngine:
             rotaries = install_batched_rotary(model, unscaled)
             self.replicas.append((model, device, rotaries, windows.to(device)))
         self.windows = windows
+        self.rank, self.world = distributed_rank()
         self.cache: dict[str, float] = {}
         self.evaluations = 0
         self.on_result: Callable[[str, RopeScaling, float], None] | None = None
@@ -106,12 +107,25 @@ class PerplexityEngine:
     def _score(self, items: list[tuple[str, RopeScaling]]) -> dict[str, float]:
         count = self.windows.shape[0]
         rows = [(c, w) for c in range(len(items)) for w in range(count)]
-        batches = [rows[i : i + self.rows_per_batch] for i in range(0, len(rows), self.rows_per_batch)]
-        nll = [0.0] * len(items)
-        tokens = [0] * len(items)
+        batches = [
+            list(range(i, min(i + self.rows_per_batch, len(rows)))) for i in range(0, len(rows), self.rows_per_batch)
+        ]
+        # Under torchrun every process takes every world-th batch; the threads of one process (one per
+        # local replica) share its batches the same way.
+        batches = batches[self.rank :: self.world]
+        row_nll = [0.0] * len(rows)
         rows_done = [0] * len(items)
+        predicted = self.length - 1
         scores: dict[str, float] = {}
         lock = threading.Lock()
+
+        def finish(c: int) -> None:
+            # Summed in row order, whichever device or process scored each row: identical results.
+            total = sum(row_nll[c * count : (c + 1) * count])
+            key, scaling = items[c]
+            scores[key] = math.exp(total / (predicted * count))
+            if self.on_result is not None:
+                self.on_result(key, scaling, scores[key])
 
         def work(replica_index: int) -> None:
             model, device, rotaries, windows = self.replicas[replica_index]
@@ -119,21 +133,18 @@ class PerplexityEngine:
             for batch in batches[replica_index :: len(self.replicas)]:
                 padded = batch + [batch[-1]] * (self.rows_per_batch - len(batch))
                 for rotary in rotaries:
-                    rotary.set_rows([frequencies[c] for c, _ in padded])
-                ids = windows[[w for _, w in padded]]
+                    rotary.set_rows([frequencies[rows[r][0]] for r in padded])
+                ids = windows[[rows[r][1] for r in padded]]
                 with sdpa_context(self.options.sdpa_backend, device):
-                    totals, predicted = summed_nll(model, ids, 0, self.options.chunk_tokens)
+                    totals, _ = summed_nll(model, ids, 0, self.options.chunk_tokens)
                 values = totals.tolist()
                 with lock:
-                    for (c, _), value in zip(batch, values, strict=False):
-                        nll[c] += value
-                        tokens[c] += predicted
+                    for r, value in zip(batch, values, strict=False):
+                        row_nll[r] = value
+                        c = rows[r][0]
                         rows_done[c] += 1
-                        if rows_done[c] == count:
-                            key, scaling = items[c]
-                            scores[key] = math.exp(nll[c] / tokens[c])
-                            if self.on_result is not None:
-                                self.on_result(key, scaling, scores[key])
+                        if rows_done[c] == count and self.world == 1:
+                            finish(c)
 
         if len(self.replicas) == 1:
             work(0)
@@ -153,6 +164,16 @@ class PerplexityEngine:
                 thread.join()
             if errors:
                 raise errors[0]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            # Each row was scored by exactly one process (zeros elsewhere): the sum is exact.
+            device = self.replicas[0][1] if dist.get_backend() == "nccl" else "cpu"
+            gathered = torch.tensor(row_nll, dtype=torch.float64, device=device)
+            dist.all_reduce(gathered)
+            row_nll[:] = gathered.tolist()
+            for c in range(len(items)):
+                finish(c)
         return scores
 
     @staticmethod
@@ -160,6 +181,15 @@ class PerplexityEngine:
         # The vector a model would use for an input of the windows' length: short_factors for windows
         # up to L0, the long factors above, the dynamic vector at that length.
         return scaling.inv_freq(length, device=device), scaling.attention_factor, scaling.start_tokens
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun or the deepspeed launcher; (0, 1) otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def scaling_key(scaling: RopeScaling) -> str:

@@ -83,6 +83,10 @@ class Journal:
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
+    def elapsed(self) -> float:
+        """Seconds spent by the runs recorded so far (the largest "elapsed"; older journals kept "t")."""
+        return max((float(e.get("elapsed", e.get("t", 0.0))) for e in self.entries.values()), default=0.0)
+
     def scores(self) -> dict[str, float]:
         return {key: entry["score"] for key, entry in self.entries.items()}
 

@@ -145,7 +145,9 @@ def run_search(
         )
 
     space = _space(layout, request, base, short, params)
-    devices = resolve_devices(request.devices)
+    rank, world = join_launched_processes()
+    # Under torchrun each process drives the GPU of its local rank; alone, every --devices GPU.
+    devices = [launched_device()] if world > 1 else resolve_devices(request.devices)
     tokenizer = load_tokenizer(source)
     windows = search_windows(tokenizer, request, window_length)
     identity = {
@@ -169,18 +171,26 @@ def run_search(
         model = load_model(source, device=device, dtype=resolve_dtype(request.dtype, device))
         replicas.append((model, device))
     # Only now that everything loaded: a run that fails before this leaves no journal behind.
-    journal = Journal(journal_path, identity)
+    # Only rank 0 keeps the journal; the others receive its scores, so every process retraces the same steps.
+    journal = Journal(journal_path, identity) if rank == 0 else None
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     engine_options = replace(request.engine, candidates_per_batch=searcher.batch_hint(params))
     engine = PerplexityEngine(replicas, windows, unscaled, engine_options)
-    engine.cache.update(journal.scores())
+    replay = [journal.scores() if journal else {}, journal.elapsed() if journal else 0.0]
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(replay, src=0)
+    engine.cache.update(replay[0])
     replayed = len(engine.cache)
-    # Seconds spent by earlier, interrupted runs of this search: the journal's largest "elapsed".
-    earlier = max((float(e.get("elapsed", e.get("t", 0.0))) for e in journal.entries.values()), default=0.0)
+    earlier = replay[1]  # seconds spent by earlier, interrupted runs of this search
     expected = searcher.expected_evaluations(space, params)
     best = [min(engine.cache.values(), default=math.inf)]
 
     def record(key: str, scaling: RopeScaling, score: float) -> None:
+        best[0] = min(best[0], score)
+        if journal is None:
+            return
         vector = scaling.short_factors if short else scaling.factors
         journal.append(
             key,
@@ -191,17 +201,18 @@ def run_search(
             },
             score,
         )
-        best[0] = min(best[0], score)
         if on_progress is not None:
             on_progress(len(journal.entries), expected, best[0])
 
     engine.on_result = record
-    if on_progress is not None:
+    if on_progress is not None and journal is not None:
         on_progress(len(journal.entries), expected, best[0])
+    candidates_seen: dict[str, Candidate] = {}
 
     def objective(candidates: Sequence[Candidate]) -> list[float]:
         scalings = [to_scaling(c) for c in candidates]
         keys = [scaling_key(s) for s in scalings]
+        candidates_seen.update(zip(keys, candidates, strict=True))
         if request.budget is not None:
             new = list(dict.fromkeys(k for k in keys if k not in engine.cache))
             room = request.budget - len(engine.cache)
@@ -219,14 +230,14 @@ def run_search(
         winner, score = to_scaling(result.best), result.score
     except BudgetReached:
         stopped_by_budget = True
-        if not journal.entries:
+        scored = [k for k in candidates_seen if k in engine.cache]
+        if not scored:
             raise RopextError("--budget must allow at least one evaluation") from None
-        key = min(journal.entries, key=lambda k: (journal.entries[k]["score"], k))
-        entry = journal.entries[key]
-        winner = to_scaling(Candidate(tuple(entry["factors"]), int(entry["start_tokens"])))
-        score = entry["score"]
+        key = min(scored, key=lambda k: (engine.cache[k], k))
+        winner, score = to_scaling(candidates_seen[key]), engine.cache[key]
     finally:
-        journal.close()
+        if journal is not None:
+            journal.close()
     seconds = earlier + time.perf_counter() - began  # the whole search, over all its runs
     return winner.with_provenance(
         searcher=searcher.name,
@@ -236,7 +247,7 @@ def run_search(
         lengths={"window": window_length, "target": request.target_length},
         samples=request.samples,
         skip_docs=request.skip_docs,
-        evaluations=len(journal.entries),
+        evaluations=len(engine.cache),
         replayed_evaluations=replayed,
         stopped_by_budget=stopped_by_budget,
         seconds=round(seconds, 1),
@@ -245,10 +256,34 @@ def run_search(
         model=request.model,
         ropext_version=__version__,
         devices=devices,
+        processes=world,
         attention=attention_spec,
         started_from=str(request.start_from) if request.start_from else None,
         short_search=short,
     )
+
+
+def join_launched_processes() -> tuple[int, int]:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); (rank, world size)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def launched_device() -> str:
+    import os
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
 
 
 def _parse(searcher: Any, pairs: Sequence[str]) -> Any:

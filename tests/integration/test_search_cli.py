@@ -315,3 +315,22 @@ def test_yaml_of_the_search_is_plain(dcis: Searched) -> None:
     data = yaml.safe_load(dcis.out.read_text())
     assert data["method"] == "dcis" and data["short_factors"] is None
     assert data["provenance"]["searcher"] == "dcis"
+
+
+def test_two_processes_under_torchrun_find_what_one_process_finds(
+    dcis: Searched, tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    # Two CPU processes (gloo) split every call's batches; rows are summed in the same order, so the
+    # search takes the same steps and ends with bit-identical factors; only rank 0 writes the journal.
+    out = tmp_path / "two.yaml"
+    args = [str(a) for a in search_args(tiny_model, corpus_files.folder, out, "--param", "candidates=2")]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ropext", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    two = RopeScaling.load(out)
+    assert two.factors == dcis.scaling.factors
+    assert two.provenance["score"] == dcis.scaling.provenance["score"]
+    assert two.provenance["processes"] == 2
+    _, records = read_journal(journal_of(out))
+    assert len(records) == two.provenance["evaluations"] == len({r["key"] for r in records})
