@@ -12,28 +12,28 @@ from typing import Annotated, Any
 
 import typer
 
+from ropext.commands.options import (
+    DeviceOption,
+    DtypeOption,
+    FactorsOption,
+    MethodOption,
+    ModelOption,
+    ParamOption,
+    TargetOption,
+)
 from ropext.errors import RopextError
 
 RUNNABLE = ("ppl", "passkey", "ruler")
 
 
 def eval_run(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
-    ],
+    model: ModelOption,
     tasks: Annotated[str, typer.Option(help="Comma-separated tasks, run in this order: ppl, passkey, ruler.")],
     lengths: Annotated[str, typer.Option(help="Comma-separated lengths for every task, e.g. 8k,16k,32k.")],
-    factors: Annotated[Path | None, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")] = None,
-    method: Annotated[
-        str | None,
-        typer.Option("--method", help="A closed-form method to apply instead of --factors (see `ropext ls`)."),
-    ] = None,
-    target_length: Annotated[
-        str | None, typer.Option("--target-length", "-t", help="Target context for --method: 32768, 32k, 1m.")
-    ] = None,
-    param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")
-    ] = None,
+    factors: FactorsOption = None,
+    method: MethodOption = None,
+    target_length: TargetOption = None,
+    param: ParamOption = None,
     ppl_lengths: Annotated[str | None, typer.Option(help="ppl: lengths instead of --lengths.")] = None,
     passkey_lengths: Annotated[str | None, typer.Option(help="passkey: lengths instead of --lengths.")] = None,
     ruler_lengths: Annotated[str | None, typer.Option(help="ruler: lengths instead of --lengths.")] = None,
@@ -62,8 +62,8 @@ def eval_run(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="ruler: tokens generated per answer (default: RULER's per task).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default: cuda when present.")] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    device: DeviceOption = None,
+    dtype: DtypeOption = "auto",
     json_dir: Annotated[
         Path | None, typer.Option(help="Write DIR/<task>.json after every length; rerunning resumes.")
     ] = None,

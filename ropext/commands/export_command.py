@@ -8,13 +8,12 @@ from typing import Annotated
 
 import typer
 
+from ropext.commands.options import ModelOption
 from ropext.errors import RopextError
 
 
 def export(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
-    ],
+    model: ModelOption,
     factors: Annotated[Path, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model into.")],
     dtype: Annotated[

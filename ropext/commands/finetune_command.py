@@ -17,15 +17,14 @@ from typing import Annotated, Any
 
 import typer
 
+from ropext.commands.options import ModelOption
 from ropext.errors import RopextError
 
 LAUNCHER = "deepspeed"
 
 
 def finetune(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
-    ],
+    model: ModelOption,
     factors: Annotated[Path, typer.Option("--factors", "-f", help="Scaling YAML to train with (`ropext search`).")],
     corpus: Annotated[
         str, typer.Option(help="Training text: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, python-stdlib.")

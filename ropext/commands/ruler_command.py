@@ -7,26 +7,27 @@ from typing import Annotated, Any
 
 import typer
 
+from ropext.commands.options import (
+    DeviceOption,
+    DtypeOption,
+    FactorsOption,
+    MethodOption,
+    ModelOption,
+    ParamOption,
+    TargetOption,
+)
+
 
 def eval_ruler(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
-    ],
+    model: ModelOption,
     lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths, e.g. 4k,8k,16k,32k.")],
     tasks: Annotated[
         str, typer.Option(help="Comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")
     ] = "all",
-    factors: Annotated[Path | None, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")] = None,
-    method: Annotated[
-        str | None,
-        typer.Option("--method", help="A closed-form method to apply instead of --factors (see `ropext ls`)."),
-    ] = None,
-    target_length: Annotated[
-        str | None, typer.Option("--target-length", "-t", help="Target context for --method: 32768, 32k, 1m.")
-    ] = None,
-    param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Method parameter key=value (repeatable).")
-    ] = None,
+    factors: FactorsOption = None,
+    method: MethodOption = None,
+    target_length: TargetOption = None,
+    param: ParamOption = None,
     samples: Annotated[int, typer.Option(help="Prompts per task and length.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the samples: the same seed gives the same prompts.")] = 0,
     haystack_corpus: Annotated[
@@ -41,8 +42,8 @@ def eval_ruler(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Tokens generated per answer for every task (default: RULER's per task).")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default: cuda when present.")] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    device: DeviceOption = None,
+    dtype: DtypeOption = "auto",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write results after every task and length; rerunning resumes.")
     ] = None,
