@@ -21,6 +21,7 @@ from ropext.commands.options import (
     ModelOption,
     ParamOption,
     TargetOption,
+    passkey_options,
 )
 from ropext.errors import RopextError
 
@@ -298,16 +299,9 @@ def eval_passkey(
     json_out: JsonOption = None,
 ) -> None:
     """Pass-key retrieval accuracy per length and depth (greedy decoding)."""
-    from ropext.evaluate.passkey import PasskeyOptions
     from ropext.lengths import parse_lengths
 
-    try:
-        depth_values = tuple(float(d) for d in depths.split(",") if d.strip())
-    except ValueError:
-        raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
-    if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
-        raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
-    options = PasskeyOptions(lengths=tuple(parse_lengths(lengths)), depths=depth_values, trials=trials, seed=seed)
+    options = passkey_options(tuple(parse_lengths(lengths)), depths, trials, seed)
     prepared = _prepare(model, factors, method, target_length, param, device, dtype)
     document = _run_task("passkey", prepared, options, json_out)
     _print_table(document, ("accuracy", "depths"))

@@ -20,6 +20,8 @@ from ropext.commands.options import (
     ModelOption,
     ParamOption,
     TargetOption,
+    passkey_options,
+    ruler_options,
 )
 from ropext.errors import RopextError
 
@@ -81,9 +83,9 @@ def eval_run(
     if "ppl" in names:
         options["ppl"] = _ppl_options(corpus, task_lengths["ppl"], max_docs, skip_docs, mode, stride, chunk_tokens)
     if "passkey" in names:
-        options["passkey"] = _passkey_options(task_lengths["passkey"], depths, trials, seed)
+        options["passkey"] = passkey_options(task_lengths["passkey"], depths, trials, seed)
     if "ruler" in names:
-        options["ruler"] = _ruler_options(
+        options["ruler"] = ruler_options(
             task_lengths["ruler"], ruler_tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
         )
     prepared = _prepare(model, factors, method, target_length, param, device, dtype)
@@ -141,47 +143,3 @@ def _ppl_options(
         stride=stride,
         chunk_tokens=chunk_tokens,
     )
-
-
-def _passkey_options(lengths: tuple[int, ...], depths: str, trials: int, seed: int):  # -> PasskeyOptions
-    from ropext.evaluate.passkey import PasskeyOptions
-
-    try:
-        depth_values = tuple(float(d) for d in depths.split(",") if d.strip())
-    except ValueError:
-        raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
-    if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
-        raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
-    if trials < 1:
-        raise RopextError(f"--trials must be at least 1, got {trials}")
-    return PasskeyOptions(lengths=lengths, depths=depth_values, trials=trials, seed=seed)
-
-
-def _ruler_options(
-    lengths: tuple[int, ...],
-    tasks: str,
-    samples: int,
-    seed: int,
-    haystack_corpus: str | None,
-    qa_data: list[Path] | None,
-    batch_size: int,
-    max_new_tokens: int | None,
-):  # -> RulerOptions
-    from ropext.data.corpus import open_corpus
-    from ropext.evaluate.ruler.run import RulerOptions
-    from ropext.evaluate.ruler.tasks import load_qa_data
-
-    options = RulerOptions(
-        lengths=lengths,
-        samples=samples,
-        seed=seed,
-        haystack_corpus=haystack_corpus,
-        max_new_tokens=max_new_tokens,
-        tasks=tasks,
-        qa_data=tuple(str(path) for path in qa_data or ()),
-        batch_size=batch_size,
-    )
-    load_qa_data(options.qa_data)
-    if haystack_corpus is not None:
-        open_corpus(haystack_corpus)
-    return options

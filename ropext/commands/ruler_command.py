@@ -15,6 +15,7 @@ from ropext.commands.options import (
     ModelOption,
     ParamOption,
     TargetOption,
+    ruler_options,
 )
 
 
@@ -50,25 +51,12 @@ def eval_ruler(
 ) -> None:
     """RULER scores per task and length, and their average (greedy decoding)."""
     from ropext.cli import _prepare, _print_table, _run_task
-    from ropext.data.corpus import open_corpus
-    from ropext.evaluate.ruler.run import RulerOptions
-    from ropext.evaluate.ruler.tasks import load_qa_data
     from ropext.lengths import parse_lengths
 
-    options = RulerOptions(
-        lengths=tuple(parse_lengths(lengths)),
-        samples=samples,
-        seed=seed,
-        haystack_corpus=haystack_corpus,
-        max_new_tokens=max_new_tokens,
-        tasks=tasks,
-        qa_data=tuple(str(path) for path in qa_data or ()),
-        batch_size=batch_size,
-    )
     # Bad input fails here, before the model is loaded.
-    load_qa_data(options.qa_data)
-    if haystack_corpus is not None:
-        open_corpus(haystack_corpus)
+    options = ruler_options(
+        tuple(parse_lengths(lengths)), tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
+    )
     prepared = _prepare(model, factors, method, target_length, param, device, dtype)
     document = _run_task("ruler", prepared, options, json_out)
     table, columns = _score_table(document)
