@@ -5,8 +5,17 @@ lengths, each a short `ropext finetune` run on the same model, factors and corpu
         --corpus ../shared/corpora/books-dev.jsonl.gz --lengths 8k,16k,32k --steps 12 --out-dir /tmp/ft \
         --summary bench/results/finetune-throughput-h100.md
 
+    # a 7B Llama-2-shaped model with random weights on two GPUs (bench/model_shape.py writes the folder)
+    python bench/model_shape.py llama2-7b --out /tmp/l7b
+    ropext search --model /tmp/l7b --method yarn -t 32k --out /tmp/l7b-yarn-32k.yaml
+    python bench/finetune_throughput.py --model /tmp/l7b --factors /tmp/l7b-yarn-32k.yaml --corpus ... \
+        --lengths 16k,32k --steps 6 --gpus 2 --out-dir /tmp/ft --summary bench/results/... \
+        -- --init random --no-save-model
+
 FLOPs per token: 3 × the forward's 2·params + 2·n_layers·d_attn·L (backward = 2 × forward; REFERENCE.md);
-with gradient checkpointing the hardware does a fourth forward, which MFU does not count.
+params counts every weight once (SmolLM2's tied embedding once: it is the output projection's matmul). With
+activation checkpointing the hardware does a fourth forward, which MFU does not count. The peak is the dense
+bf16 peak of an H100 or H200 SXM (989 TFLOP/s).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-H100_DENSE_BF16_TFLOPS = 989.0
+DENSE_BF16_TFLOPS = 989.0  # H100 SXM and H200 (same tensor cores)
 
 
 def main() -> None:
@@ -42,7 +51,7 @@ def main() -> None:
 
     source, _ = load_layout(args.model)
     config = AutoConfig.from_pretrained(materialize(source).path)
-    params = _parameter_count(materialize(source).path)
+    params = _parameter_count(config)
     d_attn = config.num_attention_heads * (config.head_dim or config.hidden_size // config.num_attention_heads)
     rows = []
     for length in parse_lengths(args.lengths):
@@ -84,15 +93,20 @@ def main() -> None:
                 "gpus": args.gpus,
                 "tokens_per_s": tokens_per_s,
                 "tokens_per_s_per_gpu": per_gpu,
-                "mfu": flops * per_gpu / (H100_DENSE_BF16_TFLOPS * 1e12),
+                "mfu": flops * per_gpu / (DENSE_BF16_TFLOPS * 1e12),
                 "peak_memory_gb": peak,
                 "first_loss": records[0]["loss"],
                 "last_loss": records[-1]["loss"],
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     lines = [
         f"`{' '.join(sys.argv)}`",
+        "",
+        f"{device}; {params / 1e9:.3f}B parameters; medians over steps after the first {args.warmup_steps}.",
         "",
         "| train length | GPUs | tokens/s | tokens/s per GPU | MFU (of 989 TFLOP/s) | peak memory per GPU (GiB) |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -109,22 +123,14 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def _parameter_count(folder: str) -> int:
-    from safetensors import safe_open
+def _parameter_count(config) -> int:
+    """Weights of the model the config describes, built on the meta device (no memory, no checkpoint needed)."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    total = 0
-    for path in Path(folder).glob("*.safetensors"):
-        with safe_open(str(path), "pt") as handle:
-            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-                total += _numel(handle.get_slice(key).get_shape())
-    return total
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ def finetune(
     ] = "1",
     attn: Annotated[str, typer.Option(help="Attention: sdpa, eager, flash_attention_2 (needs flash-attn).")] = "sdpa",
     chunk_tokens: Annotated[int, typer.Option(help="Positions per chunk of the loss's vocabulary projection.")] = 4096,
+    init: Annotated[
+        str, typer.Option(help="pretrained (the model's weights) or random (the config's initialisation; benchmarks).")
+    ] = "pretrained",
+    save_model: Annotated[
+        bool, typer.Option(help="Write the final Hugging Face model folder (--no-save-model for throughput runs).")
+    ] = True,
     local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
 ) -> None:
     """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
@@ -89,6 +95,8 @@ def finetune(
         skip_length=parse_length(skip_length),
         attn=attn,
         chunk_tokens=chunk_tokens,
+        init=init,
+        save_model=save_model,
     )
     world = launcher_world()
     if gpus is not None and gpus < 1:
@@ -119,11 +127,16 @@ def finetune(
     if result.world.is_main:
         started = f" (resumed at step {result.first_step})" if result.first_step else ""
         loss = f", last loss {result.last_loss:.4f}" if result.last_loss is not None else ""
-        typer.echo(
-            f"wrote {out}: {result.state.step} steps{started} at {format_length(length)} tokens, "
-            f"{result.state.tokens} tokens trained{loss}; load it with `ropext eval ppl --model {out}` "
-            f"or transformers' from_pretrained"
+        trained = (
+            f"{result.state.step} steps{started} at {format_length(length)} tokens, "
+            f"{result.state.tokens} tokens trained{loss}"
         )
+        if save_model:
+            typer.echo(
+                f"wrote {out}: {trained}; load it with `ropext eval ppl --model {out}` or transformers' from_pretrained"
+            )
+        else:
+            typer.echo(f"trained {trained}; metrics in {out / 'metrics.jsonl'} (--no-save-model: no model folder)")
 
 
 def _out_of_memory() -> type[BaseException]:

@@ -43,6 +43,7 @@ METRICS = "metrics.jsonl"
 SCALING_FILE = "rope_scaling.yaml"
 SIDECAR = "ropext.json"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
+INITIALISATIONS = ("pretrained", "random")
 # Environment a launcher (deepspeed, torchrun) sets for each process it starts.
 _LAUNCHER_KEYS = ("WORLD_SIZE", "LOCAL_RANK")
 _PROCESS_GROUP_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
@@ -74,6 +75,11 @@ class FinetuneRequest:
     skip_length: int = 1
     attn: str = "sdpa"
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    init: str = "pretrained"
+    """"pretrained": the model's weights; "random": its config's random initialisation (throughput runs of a
+    shape that has no checkpoint)."""
+    save_model: bool = True
+    """False: no final Hugging Face folder (throughput runs); checkpoints are still written as asked."""
 
 
 @dataclass(frozen=True)
@@ -180,12 +186,15 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         grad_accum=request.grad_accum,
     )
     _check_attention(request.attn)
+    if request.init not in INITIALISATIONS:
+        raise RopextError(f"unknown --init {request.init!r}; use one of {', '.join(INITIALISATIONS)}")
     if not request.factors.is_file():
         raise RopextError(f"factors file {request.factors} does not exist")
     source, layout = load_layout(request.model)
     scaling = choose_scaling(layout, factors=request.factors)
     assert scaling is not None
-    _check_weights(source)
+    if request.init == "pretrained":
+        _check_weights(source)
     resume_tag, resume_state = _check_out(request, world_size)
 
     source = materialize(source)
@@ -449,7 +458,8 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
         # The newest checkpoint is the end of the run whenever checkpoints are kept (periodic or resumed from).
         if (request.save_every or plan.resume_tag is not None) and latest_tag(request.out) != _tag(state.step):
             save_checkpoint(engine, plan, state, world)
-        save_pretrained(engine, model, plan, state, world)
+        if request.save_model:
+            save_pretrained(engine, model, plan, state, world)
     finally:
         reporter.close()
     return FinetuneResult(request.out, state, first_step, last_loss, world)
@@ -458,14 +468,20 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
 def _load_model(plan: Plan, config: dict[str, Any], dtype: Any) -> tuple[Any, Any]:
     """The model, partitioned across processes while it loads (transformers' ZeRO-3 path), so no process
     ever holds all of its weights. The returned hook object must stay alive until the engine exists."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
     zero3_loading = HfDeepSpeedConfig(json.loads(json.dumps(config)))
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            plan.source.path, dtype=dtype, attn_implementation=plan.request.attn, **plan.source.pretrained_kwargs()
-        )
+        if plan.request.init == "random":
+            # from_config initialises under deepspeed.zero.Init too (HfDeepSpeedConfig is alive), so a model
+            # larger than one GPU is created already partitioned.
+            model_config = AutoConfig.from_pretrained(plan.source.path, **plan.source.pretrained_kwargs())
+            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype, attn_implementation=plan.request.attn)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                plan.source.path, dtype=dtype, attn_implementation=plan.request.attn, **plan.source.pretrained_kwargs()
+            )
     except (OSError, ValueError, KeyError, ImportError) as err:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RopextError(f"cannot load model {plan.request.model}: {text}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,6 +259,7 @@ BAD = {
     "batch tokens not whole windows": (lambda i, out: ["--batch-tokens", "200"], ("not a multiple of --train-length",)),
     "resume without checkpoint": (lambda i, out: ["--resume"], ("holds no checkpoint",)),
     "unknown attention": (lambda i, out: ["--attn", "fast"], ("unknown --attn 'fast'",)),
+    "unknown initialisation": (lambda i, out: ["--init", "zeros"], ("unknown --init 'zeros'", "pretrained, random")),
 }
 
 
@@ -288,6 +290,31 @@ def test_launcher_local_rank_argument_is_accepted(inputs: Inputs, tmp_path: Path
     # `deepspeed --module ropext finetune ...` starts `python -m ropext --local_rank=0 finetune ...`.
     result = run_cli("--local_rank=0", *_finetune(inputs, tmp_path / "out", 3), "--factors", inputs.other_head_dim)
     assert_clean_error(result, "16 factors")
+
+
+def test_random_init_trains_a_config_only_folder_without_saving_a_model(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shape without a checkpoint (how bench/finetune_scale.py runs a 7B model): config and tokenizer only.
+    shape = tmp_path / "shape"
+    shape.mkdir()
+    for path in inputs.model.iterdir():
+        if path.suffix != ".safetensors":
+            shutil.copy(path, shape / path.name)
+    out = tmp_path / "out"
+    without_init = run_cli(*_finetune(inputs, out, 2), "--model", shape)
+    assert_clean_error(without_init, "no weights")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    result = run_cli_subprocess(*_finetune(inputs, out, 2), "--model", shape, "--init", "random", "--no-save-model")
+    assert_ok(result)
+    assert "--no-save-model: no model folder" in result.stdout
+    metrics = _metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    # a random model predicts the tiny vocabulary about uniformly: its loss starts near log(vocab)
+    vocab = json.loads((shape / "config.json").read_text())["vocab_size"]
+    assert abs(metrics[0]["loss"] - np.log(vocab)) < 1.0
+    assert not list(out.glob("*.safetensors")) and not (out / "config.json").exists()
 
 
 def test_existing_output_is_not_overwritten(inputs: Inputs, tmp_path: Path) -> None:
