@@ -60,7 +60,9 @@ def eval_run(
     qa_data: Annotated[
         list[Path] | None, typer.Option(help="ruler: SQuAD-style and/or HotpotQA-style JSON (repeatable).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="ruler: prompts generated together (left-padded).")] = 1,
+    batch_size: Annotated[
+        int, typer.Option(help="ruler: prompts generated together (all of one length, so none is padded).")
+    ] = 1,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="ruler: tokens generated per answer (default: RULER's per task).")
     ] = None,

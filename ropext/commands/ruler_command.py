@@ -39,7 +39,9 @@ def eval_ruler(
         list[Path] | None,
         typer.Option(help="SQuAD-style JSON (enables qa_1) and/or HotpotQA-style JSON (qa_2); repeatable."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts generated together (left-padded).")] = 1,
+    batch_size: Annotated[
+        int, typer.Option(help="Prompts generated together (all of one length, so none is padded).")
+    ] = 1,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Tokens generated per answer for every task (default: RULER's per task).")
     ] = None,

@@ -1,4 +1,4 @@
-"""`ropext eval ruler` on the tiny Llama: the result file, resuming, question data, bad input.
+"""`ropext eval ruler` on the tiny Llama: the result file, resuming, batches, question data, bad input.
 
 The tiny tokenizer spends about one token per three characters of RULER's English templates, so prompts
 are 1024 tokens here (the longest template, niah_multiquery's, takes about 440).
@@ -6,16 +6,20 @@ are 1024 tokens here (the longest template, niah_multiquery's, takes about 440).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from integration_support import CorpusFiles, assert_clean_error, assert_ok, read_json, run_cli
 
+from ropext.data.tokenized import encode
 from ropext.evaluate.ruler import run as ruler_run
 from ropext.evaluate.ruler.prompts import build_prompt, special_prefix
-from ropext.evaluate.ruler.tasks import ALL_TASKS, QA_TASKS, make_sample
+from ropext.evaluate.ruler.tasks import ALL_TASKS, NOISE, QA_TASKS, make_sample
+from ropext.model.prepared import PreparedModel, prepare_model
 
 LENGTH = 1024
 FOUR = ("niah_single_1", "vt", "cwe", "fwe")
@@ -65,7 +69,7 @@ def test_results_hold_a_score_per_task_and_the_average(four_tasks: dict[str, Any
             assert set(sample) == {"expected", "output", "score", "prompt_tokens"}
             assert isinstance(sample["output"], str) and sample["expected"]
             assert 0.0 <= sample["score"] <= 1.0
-            assert LENGTH - 64 <= sample["prompt_tokens"] <= LENGTH, task
+            assert LENGTH - 1 <= sample["prompt_tokens"] <= LENGTH, task
         assert entry["score"] == pytest.approx(sum(s["score"] for s in entry["samples"]) / 2)
         assert entry["max_new_tokens"] == 4 and entry["metric"] == "string_match_all"
     assert outcome["average"] == pytest.approx(sum(e["score"] for e in outcome["tasks"].values()) / len(FOUR))
@@ -124,15 +128,77 @@ def test_a_rerun_with_other_samples_is_another_run(tiny_model: Path, tmp_path: P
     assert json_out.read_bytes() == before
 
 
-def test_batches_give_the_answers_of_single_prompts(tiny_model: Path, tmp_path: Path) -> None:
-    tasks = ("--tasks", "niah_multikey_3,fwe")  # prompts of different lengths: left padding is exercised
-    single = _ruler(tiny_model, tmp_path / "single.json", *tasks, samples=3)
-    batched = _ruler(tiny_model, tmp_path / "batched.json", *tasks, "--batch-size", "3", samples=3)
-    for task in ("niah_multikey_3", "fwe"):
+@pytest.fixture
+def uneven_prompts(monkeypatch: pytest.MonkeyPatch) -> dict[str, itertools.count]:
+    """Samples 1, 4, 7, ... of each task fitted to 5 tokens less, so that a task's prompts have two lengths.
+    Prompts are built in sample order; clear the counters returned before each run."""
+    original = ruler_run.build_prompt
+    counters: dict[str, itertools.count] = {}
+
+    def uneven(tokenizer, sample, length, prefix=(), hint=None):
+        index = next(counters.setdefault(sample.task, itertools.count()))
+        return original(tokenizer, sample, length - 5 * (index % 3 == 1), prefix, hint)
+
+    monkeypatch.setattr(ruler_run, "build_prompt", uneven)
+    return counters
+
+
+def test_batches_hold_prompts_of_one_length_and_results_stay_in_sample_order(
+    tiny_model: Path, tmp_path: Path, generated: list[list[list[int]]], uneven_prompts: dict[str, itertools.count]
+) -> None:
+    tasks = ("--tasks", "niah_multikey_3,fwe")
+    single = _ruler(tiny_model, tmp_path / "single.json", *tasks, samples=7)
+    one_by_one = [batch[0] for batch in generated]  # each task's prompts in sample order
+    generated.clear()
+    uneven_prompts.clear()
+    batched = _ruler(tiny_model, tmp_path / "batched.json", *tasks, "--batch-size", "3", samples=7)
+    assert all(len({len(ids) for ids in batch}) == 1 for batch in generated)  # no batch is padded
+    for task, first in (("niah_multikey_3", 0), ("fwe", 7)):
+        prompts = one_by_one[first : first + 7]
+        # Samples 1 and 4 are shorter: full batches go first, then the part-filled ones by their first sample.
+        expected = [[prompts[i] for i in batch] for batch in ([0, 2, 3], [1, 4], [5, 6])]
+        assert generated[first // 7 * 3 : first // 7 * 3 + 3] == expected, task
         ones, threes = (doc["results"][str(LENGTH)]["tasks"][task]["samples"] for doc in (single, batched))
-        assert [s["output"] for s in ones] == [s["output"] for s in threes]
-    lengths = [s["prompt_tokens"] for s in single["results"][str(LENGTH)]["tasks"]["niah_multikey_3"]["samples"]]
-    assert len(set(lengths)) > 1
+        assert ones == threes  # outputs, scores and prompt lengths, in sample order
+        lengths = [s["prompt_tokens"] for s in ones]
+        assert lengths[1] == lengths[4] < lengths[0] and len(set(lengths)) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model: Path) -> PreparedModel:
+    return prepare_model(str(tiny_model), None, device="cpu", dtype="fp32")
+
+
+def _prompts(prepared: PreparedModel, *spans: tuple[int, int]) -> list[list[int]]:
+    ids = encode(prepared.tokenizer, NOISE * 8)
+    return [ids[start:end] for start, end in spans]
+
+
+def test_padded_batches_give_the_answers_of_single_prompts(tiny: PreparedModel) -> None:
+    prompts = _prompts(tiny, (0, 60), (3, 40), (7, 31))  # different lengths: left padding, masked
+    single = [ruler_run.generate_batch(tiny, [ids], 6)[0] for ids in prompts]
+    assert ruler_run.generate_batch(tiny, prompts, 6) == single
+
+
+def test_a_batch_of_one_length_lets_sdpa_run_causal_without_a_mask(
+    tiny: PreparedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers drops the all-ones mask, so SDPA gets ``is_causal`` (its fused kernels) instead of an
+    [batch, 1, L, L] mask; a padded batch gets a mask."""
+    calls: list[tuple[bool, bool]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, *args, **kwargs):
+        calls.append((attn_mask is not None, bool(kwargs.get("is_causal", False))))
+        return sdpa(query, key, value, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    ruler_run.generate_batch(tiny, _prompts(tiny, (0, 50), (9, 59)), 3)
+    assert calls and not any(masked for masked, _ in calls)
+    assert calls[0] == (False, True)  # the prompts' pass: causal, by the flag
+    calls.clear()
+    ruler_run.generate_batch(tiny, _prompts(tiny, (0, 50), (9, 55)), 3)
+    assert calls[0][0]
 
 
 def _question_files(folder: Path) -> tuple[Path, Path]:
@@ -174,7 +240,7 @@ def test_question_data_given_later_fills_in_the_qa_tasks(tiny_model: Path, tmp_p
         entry = tasks[task]
         assert entry["metric"] == "string_match_part" and 0.0 <= entry["score"] <= 1.0
         assert entry["data"]["path"] == str(path) and len(entry["data"]["sha256"]) == 64
-        assert all(LENGTH - 100 <= s["prompt_tokens"] <= LENGTH for s in entry["samples"])
+        assert all(LENGTH - 1 <= s["prompt_tokens"] <= LENGTH for s in entry["samples"])
     assert tasks["qa_1"]["samples"][0]["expected"] == ["Mira Vale"]
     assert tasks["qa_2"]["samples"][0]["expected"][0].startswith("river ")
 

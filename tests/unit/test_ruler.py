@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 
 from ropext.data.tokenized import encode
 from ropext.errors import RopextError
-from ropext.evaluate.ruler.prompts import build_prompt, fit_units, special_prefix
+from ropext.evaluate.ruler import prompts as ruler_prompts
+from ropext.evaluate.ruler.prompts import Prompt, build_prompt, fit_units, special_prefix
+from ropext.evaluate.ruler.run import equal_length_batches
 from ropext.evaluate.ruler.scoring import postprocess, score, string_match_all, string_match_part
 from ropext.evaluate.ruler.tasks import (
     ALL_TASKS,
@@ -69,6 +72,28 @@ def tokenizer() -> _Tokenizer:
         special_tokens=list(SPECIALS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return _Tokenizer(backend)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer() -> _Tokenizer:
+    """A Llama-2-style tokenizer: BPE over "▁"-marked words with byte fallback, pieces free to cross a newline
+    (so that the haystack's last word, the newline and the question's first word can be one token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [" ".join(CWE_WORDS), NOISE * 5]
+    for task in SYNTHETIC:
+        texts.extend(make_sample(task, 99, 4096, i).text(20) for i in range(3))
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=2000, special_tokens=["<unk>", *SPECIALS, *byte_tokens], show_progress=False
     )
     backend.train_from_iterator(texts, trainer)
     return _Tokenizer(backend)
@@ -423,18 +448,223 @@ def test_fit_units_gallops_over_units_too_small_to_add_a_token() -> None:
     assert len(calls) < 40
 
 
-@pytest.mark.parametrize("length", [1024, 4096])
-@pytest.mark.parametrize("task", SYNTHETIC)
-def test_prompts_are_within_one_haystack_unit_of_the_length(tokenizer: _Tokenizer, task: str, length: int) -> None:
-    sample = make_sample(task, 0, length, 0)
-    prompt = build_prompt(tokenizer, sample, length)
-    assert len(prompt.ids) <= length
-    one_more = len(encode(tokenizer, sample.text(prompt.units + 1, prompt.shots)))
-    assert one_more > length, f"{task}: {len(prompt.ids)} tokens with {prompt.units} units, {one_more} with one more"
-    text = tokenizer.decode(prompt.ids)
-    assert text == sample.text(prompt.units, prompt.shots)
+def test_fit_units_can_stop_at_the_first_count_equal_to_the_budget() -> None:
+    calls = []
+
+    def count(n: int) -> int:  # filler characters: a token every 4 to 5 characters, plateaus between
+        calls.append(n)
+        return 100 + (n * 2) // 9
+
+    assert fit_units(count, 150) == 229  # the last character of the plateau at 150 tokens
+    calls.clear()
+    n = fit_units(count, 150, hint=220, stop_at_budget=True)
+    assert len(calls) <= 3 and count(n) == 150
+    assert fit_units(lambda n: 100 + 2 * n, 151, stop_at_budget=True) == 25  # the budget is never met: the most
+
+
+def _prompt_text(tokenizer: _Tokenizer, sample: TaskSample, prompt: Prompt, prefix: list[int]) -> str:
+    """The prompt's text, checked to be the sample's text with its whole units and filler, tokenised as one text."""
+    text = sample.text(prompt.units, prompt.shots, prompt.filler)
+    assert prompt.ids == prefix + encode(tokenizer, text)  # the tokenizer's own ids for it, no joined token lists
+    assert tokenizer.decode(prompt.ids) == text
+    assert sample.filler is not None
+    assert any(sample.filler(prompt.units, 64, skip).startswith(prompt.filler) for skip in (0, 1))  # the next unit
     assert text.endswith(sample.tail) and text.startswith((sample.shots if prompt.shots else "") + sample.head)
-    assert all(value in text for value in sample.expected) or task in ("vt", "cwe", "fwe")
+    return text
+
+
+def _assert_the_answer_stands(sample: TaskSample, prompt: Prompt) -> None:
+    """The haystack with the filler after it still gives the sample's expected answer, and nothing else."""
+    whole = sample.context(prompt.units)
+    haystack = whole + prompt.filler
+    family = SPECS[sample.task].family
+    if family == "niah":
+        assert "magic" not in prompt.filler  # not a needle, not a piece of one
+        needles = _needles(haystack)
+        assert needles == _needles(whole)
+        asked = _asked_keys(sample)
+        assert sorted(value for _, key, value in needles if key in asked) == sorted(sample.expected)
+    elif family == "vt":
+        assert "VAR" not in prompt.filler
+        value = int(re.search(r"assigned the value (\d+) in the text above\.", sample.tail).group(1))
+        assert {name for name, held in _resolve(haystack).items() if held == value} == set(sample.expected)
+    elif family == "cwe":
+        added = re.findall(r"\d+\. (\S+)", prompt.filler)
+        assert len(set(added)) == len(added) and not any(c in word for word in added for c in sample.expected)
+        counts = Counter(re.findall(r"\d+\. (\S+)", haystack))
+        fewest = min(counts[word] for word in sample.expected)
+        assert all(count < fewest for word, count in counts.items() if word not in sample.expected)
+    elif family == "fwe":
+        assert set(prompt.filler) <= {" ", "."}  # dots only: the question says to ignore them
+        coded = Counter(word for word in haystack.split() if word.strip(".")).most_common()
+        assert [word for word, _ in coded[:3]] == list(sample.expected)
+        assert coded[2][1] > (coded[3][1] if len(coded) > 3 else 0)
+    else:
+        assert any(answer in whole for answer in sample.expected)
+
+
+@pytest.mark.parametrize("length", [1024, 2048, 4096])
+@pytest.mark.parametrize("task", SYNTHETIC)
+def test_prompts_are_the_length_within_one_token(tokenizer: _Tokenizer, task: str, length: int) -> None:
+    hint = None
+    for index in range(3):
+        sample = make_sample(task, 0, length, index)
+        prompt = build_prompt(tokenizer, sample, length, hint=hint)
+        hint = prompt.units
+        assert length - 1 <= len(prompt.ids) <= length, f"{task} sample {index}: {len(prompt.ids)} tokens"
+        one_more = len(encode(tokenizer, sample.text(prompt.units + 1, prompt.shots)))
+        assert one_more > length, f"{task}: {prompt.units} whole units, and {one_more} tokens with one more"
+        text = _prompt_text(tokenizer, sample, prompt, [])
+        assert all(value in text for value in sample.expected) or task in ("vt", "cwe", "fwe")
+        _assert_the_answer_stands(sample, prompt)
+
+
+@pytest.mark.parametrize("task", SYNTHETIC)
+def test_prompts_are_the_length_within_one_token_with_sentencepiece_style_tokens(
+    sentencepiece_tokenizer: _Tokenizer, task: str
+) -> None:
+    """Here the filler's first character can add several tokens (it splits a piece across the haystack's end and
+    the question); the prompt then has one whole unit fewer and more filler (`prompts._RETRIES`)."""
+    for length in (1024, 2048, 4096):
+        for index in range(3):
+            sample = make_sample(task, 1, length, index)
+            prompt = build_prompt(sentencepiece_tokenizer, sample, length)
+            assert length - 1 <= len(prompt.ids) <= length, f"{task} at {length}, sample {index}: {len(prompt.ids)}"
+            _prompt_text(sentencepiece_tokenizer, sample, prompt, [])
+            _assert_the_answer_stands(sample, prompt)
+
+
+def _qa_resources(folder: Path, paragraphs: int) -> Resources:
+    """A SQuAD-style and a HotpotQA-style file of ``paragraphs`` word-salad paragraphs each."""
+    rng = random.Random(5)
+
+    def paragraph(i: int) -> str:
+        return " ".join(rng.choice(CWE_WORDS) for _ in range(rng.randint(20, 60))) + f". Harbor {i} is old."
+
+    squad = {"data": [{"paragraphs": [
+        {"context": paragraph(i), "qas": [{"question": f"Which harbor is {i}?", "answers": [{"text": f"Harbor {i}"}]}]}
+        for i in range(paragraphs)
+    ]}]}  # fmt: skip
+    hotpot = [
+        {"question": f"Which harbor is {i}?", "answer": f"Harbor {i}", "context": [[f"Title {i}", [paragraph(i)]]]}
+        for i in range(paragraphs)
+    ]
+    (folder / "squad.json").write_text(json.dumps(squad))
+    (folder / "hotpot.json").write_text(json.dumps(hotpot))
+    return Resources(qa=load_qa_data([folder / "squad.json", folder / "hotpot.json"]))
+
+
+@pytest.fixture(scope="module")
+def qa_resources(tmp_path_factory: pytest.TempPathFactory) -> Resources:
+    """Question files with enough documents for 4k-token prompts."""
+    return _qa_resources(tmp_path_factory.mktemp("qa"), 300)
+
+
+@pytest.fixture(scope="module")
+def newline_tokenizer(qa_resources: Resources) -> _Tokenizer:
+    """A byte-level BPE with tokens for newline runs, as GPT-2's, Llama 3's and SmolLM2's have: a qa document's
+    closing "\n\n" then merges with the question's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = [" ".join(CWE_WORDS), NOISE * 5, "\n\n\n\n".join(["x"] * 50)]
+    for task in QA_TASKS:
+        texts.extend(make_sample(task, 99, 4096, i, qa_resources).text(20) for i in range(3))
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500,
+        min_frequency=2,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return _Tokenizer(backend)
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_name", "task", "retries"),
+    [
+        ("sentencepiece_tokenizer", "niah_single_2", 1),
+        ("newline_tokenizer", "qa_1", 2),
+        ("newline_tokenizer", "qa_2", 2),
+    ],
+)
+def test_the_retries_bring_prompts_the_filler_leaves_short_within_one_token(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    qa_resources: Resources,
+    tokenizer_name: str,
+    task: str,
+    retries: int,
+) -> None:
+    """At the lengths where no cut of the filler after the fitted units comes within a token (SentencePiece-style
+    pieces across the newline before the question; a qa document's "\n\n" merged with the question's), the
+    first ``retries`` of `prompts._RETRIES` are needed, and bring the prompt within one token."""
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    every = ruler_prompts._RETRIES
+
+    def prompt_with(tried: tuple[tuple[int, int], ...], sample: TaskSample, length: int) -> Prompt:
+        monkeypatch.setattr(ruler_prompts, "_RETRIES", tried)
+        return build_prompt(tokenizer, sample, length)
+
+    short = needed = 0
+    for length in range(1024, 1224):
+        sample = make_sample(task, 0, length, 0, qa_resources)
+        if len(prompt_with((), sample, length).ids) >= length - 1:
+            continue
+        short += 1
+        needed += len(prompt_with(every[: retries - 1], sample, length).ids) < length - 1
+        prompt = prompt_with(every, sample, length)
+        assert length - 1 <= len(prompt.ids) <= length, f"{task} at {length}: {len(prompt.ids)} tokens"
+        _prompt_text(tokenizer, sample, prompt, [])
+        _assert_the_answer_stands(sample, prompt)
+    assert short > 0 and needed > 0  # the case occurs, and the retries before the last do not mend it
+
+
+@pytest.mark.parametrize("task", QA_TASKS)
+@pytest.mark.parametrize("tokenizer_name", ["tokenizer", "newline_tokenizer"])
+def test_qa_prompts_are_the_length_within_one_token(
+    request: pytest.FixtureRequest, tokenizer_name: str, task: str, qa_resources: Resources
+) -> None:
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    for length in (1024, 2048, 4096):
+        for index in range(10):
+            sample = make_sample(task, 0, length, index, qa_resources)
+            prompt = build_prompt(tokenizer, sample, length)
+            assert length - 1 <= len(prompt.ids) <= length, f"{task} at {length}, sample {index}"
+            assert prompt.units < sample.max_units
+            assert "\n\nDocument ".startswith(prompt.filler[:11])  # the next document ("" if whole units fill it)
+            _prompt_text(tokenizer, sample, prompt, [])
+            _assert_the_answer_stands(sample, prompt)
+
+
+def test_a_qa_prompt_is_shorter_when_its_documents_run_out(tokenizer: _Tokenizer, tmp_path: Path) -> None:
+    sample = make_sample("qa_1", 0, 4096, 0, _qa_resources(tmp_path, 10))
+    prompt = build_prompt(tokenizer, sample, 4096)
+    assert prompt.units == sample.max_units and prompt.filler == ""
+    assert len(prompt.ids) < 2048
+
+
+def test_filling_takes_few_tokenisations_of_the_whole_prompt(
+    tokenizer: _Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filler search starts from the room left at the filler's characters per token: no character by character."""
+    whole: list[int] = []
+
+    def counting(tokenizer_: _Tokenizer, text: str) -> list[int]:
+        whole[-1] += len(text) > 2000  # a whole prompt, not the worked example or the filler alone
+        return encode(tokenizer_, text)
+
+    monkeypatch.setattr(ruler_prompts, "encode", counting)
+    for task in SYNTHETIC:
+        hint = None
+        for index in range(4):
+            whole.append(0)
+            prompt = build_prompt(tokenizer, make_sample(task, 3, 4096, index), 4096, hint=hint)
+            hint = prompt.units
+    assert max(whole) <= 12 and sum(whole) / len(whole) <= 7, whole
 
 
 @pytest.mark.parametrize("task", ["niah_single_1", "niah_multikey_3", "vt", "cwe", "fwe"])
@@ -443,8 +673,9 @@ def test_a_bos_token_counts_towards_the_length(bos_tokenizer: _Tokenizer, task: 
     assert prefix == [bos_tokenizer.backend_tokenizer.token_to_id("<s>")]
     sample = make_sample(task, 4, 2048, 1)
     prompt = build_prompt(bos_tokenizer, sample, 2048, prefix)
-    assert prompt.ids[0] == prefix[0] and len(prompt.ids) <= 2048
+    assert prompt.ids[0] == prefix[0] and 2047 <= len(prompt.ids) <= 2048
     assert 1 + len(encode(bos_tokenizer, sample.text(prompt.units + 1, prompt.shots))) > 2048
+    _prompt_text(bos_tokenizer, sample, prompt, prefix)
 
 
 def test_no_special_prefix_without_bos(tokenizer: _Tokenizer) -> None:
@@ -462,6 +693,18 @@ def test_the_worked_example_is_kept_only_when_it_takes_at_most_a_quarter(tokeniz
 def test_a_length_too_short_for_the_template_is_a_clear_error(tokenizer: _Tokenizer) -> None:
     with pytest.raises(RopextError, match=r"RULER niah_multiquery does not fit in 64 tokens.*takes \d+ tokens"):
         build_prompt(tokenizer, make_sample("niah_multiquery", 0, 64, 0), 64)
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_batches_hold_prompts_of_one_length_in_sample_order() -> None:
+    lengths = [8, 7, 8, 8, 6, 7, 8, 8, 7, 8]
+    batches = list(equal_length_batches(range(len(lengths)), 3, lambda i: lengths[i]))
+    assert batches == [[0, 2, 3], [1, 5, 8], [6, 7, 9], [4]]  # each as soon as it is full, then the rest
+    assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)
+    assert list(equal_length_batches(range(4), 1, lambda i: 5)) == [[0], [1], [2], [3]]
+    assert list(equal_length_batches([], 4, len)) == []
 
 
 # ---------------------------------------------------------------- options

@@ -1,4 +1,5 @@
-"""``ropext eval ruler``: RULER's tasks at each length, greedy decoding in batches, scored as RULER.
+"""``ropext eval ruler``: RULER's tasks at each length, greedy decoding in batches of prompts of one length,
+scored as RULER.
 
 Results per length: ``{"tasks": {task: {"score", "samples": [...], ...}}, "average"}``, saved after every
 (task, length). A rerun skips the (task, length) pairs already in the result file, so adding tasks or
@@ -8,15 +9,15 @@ lengths to a finished run computes only what is new.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import InitVar, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from ropext.errors import RopextError
 from ropext.evaluate.progress import Tracker
-from ropext.evaluate.ruler.prompts import build_prompt, special_prefix
+from ropext.evaluate.ruler.prompts import Prompt, build_prompt, special_prefix
 from ropext.evaluate.ruler.scoring import score
 from ropext.evaluate.ruler.tasks import (
     ALL_TASKS,
@@ -24,6 +25,7 @@ from ropext.evaluate.ruler.tasks import (
     SPECS,
     QaData,
     Resources,
+    TaskSample,
     corpus_haystack,
     load_qa_data,
     make_sample,
@@ -49,7 +51,8 @@ class RulerOptions:
     """
 
     lengths: tuple[int, ...]
-    """Prompt lengths in tokens: every prompt is at most this long, within one haystack unit."""
+    """Prompt lengths in tokens: every prompt is this long or one token shorter (a qa prompt is shorter when its
+    question file runs out of documents)."""
     samples: int = DEFAULT_SAMPLES
     """Prompts per task and length."""
     seed: int = 0
@@ -64,7 +67,7 @@ class RulerOptions:
     qa_data: InitVar[Sequence[str]] = ()
     """A SQuAD-style file (enables qa_1) and/or a HotpotQA-style file (qa_2)."""
     batch_size: InitVar[int] = 1
-    """Prompts generated together (left-padded)."""
+    """Prompts of one token length generated together, at most this many (so no batch is padded)."""
 
     def __post_init__(self, tasks: str | Sequence[str], qa_data: Sequence[str], batch_size: int) -> None:
         if not self.lengths:
@@ -81,7 +84,14 @@ class RulerOptions:
 
 
 def generate_batch(prepared: PreparedModel, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of ``prompts`` together: left padding, attention mask, the KV cache."""
+    """Greedy continuations of ``prompts`` together, with the KV cache. Prompts of one length go as they are;
+    prompts of different lengths are left-padded, and the padding masked.
+
+    The attention mask is passed even when it is all ones: without one, ``generate`` would guess padding from
+    pad-token ids in the prompts. transformers drops an all-ones mask (``masking_utils._ignore_causal_mask_sdpa``),
+    so SDPA runs with ``is_causal`` and its fused kernels; a padded batch instead gets a materialised
+    ``[batch, 1, L, L]`` mask, gigabytes at 32k tokens.
+    """
     tokenizer = prepared.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pad = 0 if pad is None else pad
@@ -97,6 +107,23 @@ def generate_batch(prepared: PreparedModel, prompts: list[list[int]], max_new_to
             pad_token_id=pad,
         )
     return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out.tolist()]
+
+
+Item = TypeVar("Item")
+
+
+def equal_length_batches(items: Iterable[Item], size: int, length: Callable[[Item], int]) -> Iterator[list[Item]]:
+    """``items`` in batches of at most ``size`` of one ``length`` each, so that no batch needs padding. A batch
+    goes as soon as it is full, so that few items wait; the part-filled ones go last, in the order of their first
+    items. Items keep their order within a batch and within a length."""
+    waiting: dict[int, list[Item]] = {}
+    for item in items:
+        key = length(item)
+        batch = waiting.setdefault(key, [])
+        batch.append(item)
+        if len(batch) == size:
+            yield waiting.pop(key)
+    yield from waiting.values()
 
 
 def _is_done(entry: dict[str, Any] | None, task: str, qa: dict[str, QaData]) -> bool:
@@ -168,27 +195,18 @@ def _evaluate_task(
 ) -> dict[str, Any]:
     spec = SPECS[task]
     max_new_tokens = options.max_new_tokens or spec.max_new_tokens
-    batch_size: int = options.batch_size
     began = time.perf_counter()
-    samples: list[dict[str, Any]] = []
-    hint = None
-    for start in range(0, options.samples, batch_size):
-        batch = []
-        for index in range(start, min(start + batch_size, options.samples)):
-            sample = make_sample(task, options.seed, length, index, resources)
-            prompt = build_prompt(prepared.tokenizer, sample, length, prefix, hint)
-            hint = prompt.units
-            batch.append((sample, prompt))
-        outputs = generate_batch(prepared, [prompt.ids for _, prompt in batch], max_new_tokens)
-        for (sample, prompt), output in zip(batch, outputs, strict=True):
-            samples.append(
-                {
-                    "expected": list(sample.expected),
-                    "output": output.strip(),
-                    "score": score(spec.metric, output, sample.expected),
-                    "prompt_tokens": len(prompt.ids),
-                }
-            )
+    samples: list[dict[str, Any]] = [{} for _ in range(options.samples)]  # in sample order, whatever the batches
+    prompts = _prompts(prepared.tokenizer, task, length, options, resources, prefix)
+    for batch in equal_length_batches(prompts, options.batch_size, lambda item: len(item[2].ids)):
+        outputs = generate_batch(prepared, [prompt.ids for _, _, prompt in batch], max_new_tokens)
+        for (index, sample, prompt), output in zip(batch, outputs, strict=True):
+            samples[index] = {
+                "expected": list(sample.expected),
+                "output": output.strip(),
+                "score": score(spec.metric, output, sample.expected),
+                "prompt_tokens": len(prompt.ids),
+            }
             tracker.advance(f"ruler {task} @ {format_length(length)}")
     result: dict[str, Any] = {
         "score": sum(s["score"] for s in samples) / len(samples),
@@ -203,3 +221,16 @@ def _evaluate_task(
         data = resources.qa[task]
         result["data"] = {"path": data.path, "sha256": data.sha256}
     return result
+
+
+def _prompts(
+    tokenizer: Any, task: str, length: int, options: RulerOptions, resources: Resources, prefix: list[int]
+) -> Iterator[tuple[int, TaskSample, Prompt]]:
+    """Each sample of ``task`` at ``length`` with its prompt, in sample order; each fit starts from the previous
+    sample's unit count. Made as the batches need them, so only a few prompts are held at a time."""
+    hint = None
+    for index in range(options.samples):
+        sample = make_sample(task, options.seed, length, index, resources)
+        prompt = build_prompt(tokenizer, sample, length, prefix, hint)
+        hint = prompt.units
+        yield index, sample, prompt

@@ -2,10 +2,11 @@
 
 A generator draws everything random about one sample from ``random.Random(f"{seed}-{task}-{length}-{index}")``
 and returns a `TaskSample`: the text before and after the haystack, a function that renders the haystack
-with ``n`` units (noise lines, essay sentences, distractor needles, words or documents) and the expected
-answers. `ropext.evaluate.ruler.prompts` then picks the largest ``n`` whose prompt fits the length in the
-model's own tokens. Needles are placed at depths (fractions) drawn once, so a sample is the same whichever
-``n`` the fit tries, and the text of ``n`` units is the text of ``n - 1`` units plus one unit.
+with ``n`` units (noise lines, essay sentences, distractor needles, words or documents), the filler text that
+may follow those ``n`` units without changing the answer, and the expected answers.
+`ropext.evaluate.ruler.prompts` then picks the largest ``n`` whose prompt fits the length in the model's own
+tokens, then the start of the filler that brings it to the length. Needles are placed at depths (fractions)
+drawn once, so a sample is the same whichever ``n`` the fit tries.
 
 Templates, needle format, value types and task parameters are RULER's (``constants.py``, ``synthetic.yaml``);
 docs/ruler.md lists where this implementation has to choose.
@@ -131,9 +132,21 @@ class TaskSample:
     """A worked example placed before ``head`` (vt and cwe, as RULER); dropped when the length is short."""
     max_units: int | None = None
     """How many haystack units exist (None: as many as wanted)."""
+    filler: Callable[[int, int, int], str] | None = None
+    """``filler(n, pieces, skip)``: text that may follow the haystack of ``n`` units, joiner first, ``pieces``
+    units' worth of it (the next units themselves where a cut one cannot change the answer, else neutral text),
+    starting ``skip`` units later (another start, for when no cut of the first reaches the length). A start of
+    it, cut anywhere, brings the prompt to the length to the token. "" (or None) when there is none."""
 
-    def text(self, units: int, shots: bool = True) -> str:
-        return (self.shots if shots else "") + self.head + self.context(units) + self.tail
+    def text(self, units: int, shots: bool = True, filler: str = "") -> str:
+        """The prompt's text with ``units`` haystack units, then ``filler`` (a start of `filler`'s text)."""
+        return (self.shots if shots else "") + self.head + self.context(units) + filler + self.tail
+
+
+def noise_lines(_units: int, pieces: int, _skip: int = 0) -> str:
+    """Filler of whole noise lines after a newline-joined haystack: RULER's noise holds no needle, no
+    variable and no listed word, so a cut line changes no answer."""
+    return "\n" + "\n".join([NOISE] * pieces)
 
 
 class _Stream:
@@ -283,7 +296,8 @@ def niah(spec: TaskSpec, rng: random.Random, essay: EssayHaystack) -> TaskSample
     query = queries[0] if len(queries) == 1 else ", ".join(queries[:-1]) + ", and " + queries[-1]
     head, tail = niah_wording(config.value_type, query, single=len(expected) == 1)
 
-    if config.haystack == "repeat":
+    filler: Callable[[int, int, int], str] = noise_lines
+    if config.haystack == "repeat":  # filler: the next noise lines
 
         def context(n: int) -> str:
             return "\n".join(_weave([NOISE] * n, inserts))
@@ -303,12 +317,21 @@ def niah(spec: TaskSpec, rng: random.Random, essay: EssayHaystack) -> TaskSample
         def context(n: int) -> str:
             return "\n".join(_weave(stream.take(n), inserts))
 
+        # filler: noise lines, not the next distractor needle. A needle is never cut (a key or value cut short
+        # could pass for another needle's); about a needle's worth of noise at most, at the end of the haystack,
+        # names no key and no value.
+
     else:
 
         def context(n: int) -> str:
             return " ".join(_weave(essay.take(n), inserts))
 
-    return TaskSample(spec.name, head, context, tail, expected)
+        def essay_goes_on(n: int, pieces: int, skip: int = 0) -> str:  # the next sentences: they hold no needle
+            return " " + " ".join(essay.take(n + skip + pieces)[n + skip :])
+
+        filler = essay_goes_on
+
+    return TaskSample(spec.name, head, context, tail, expected, filler=filler)
 
 
 # ---------------------------------------------------------------- vt
@@ -371,7 +394,8 @@ def variable_tracking(spec: TaskSpec, rng: random.Random) -> TaskSample:
     ex_context = "\n".join(_weave([NOISE] * VT_EXAMPLE_NOISES, _chain_inserts(rng, ex_lines)))
     ex_tail = _VT_TAIL.format(value=ex_values[0], count=VT_HOPS + 1)
     shots = _VT_HEAD + ex_context + ex_tail + " " + " ".join(ex_groups[0]) + "\n\n"
-    return TaskSample(spec.name, _VT_HEAD, context, tail, tuple(groups[0]), shots=shots)
+    # The next units are noise lines, after every assignment: cut, they add no variable and no value.
+    return TaskSample(spec.name, _VT_HEAD, context, tail, tuple(groups[0]), shots=shots, filler=noise_lines)
 
 
 # ---------------------------------------------------------------- cwe
@@ -395,8 +419,8 @@ def cwe_frequencies(length: int) -> tuple[int, int, tuple[int, int, int]]:
     return 30, 3, (40, 10, 3)
 
 
-def _numbered(words: Sequence[str]) -> str:
-    return " ".join(f"{i}. {word}" for i, word in enumerate(words, 1))
+def _numbered(words: Sequence[str], start: int = 1) -> str:
+    return " ".join(f"{i}. {word}" for i, word in enumerate(words, start))
 
 
 def common_words(spec: TaskSpec, rng: random.Random, length: int) -> TaskSample:
@@ -438,10 +462,18 @@ def common_words(spec: TaskSpec, rng: random.Random, length: int) -> TaskSample:
         random.Random(f"{order_seed}-{n}").shuffle(listed)
         return _numbered(listed)
 
+    def filler(n: int, pieces: int, skip: int = 0) -> str:
+        """The list goes on, numbered on, with the next uncommon words once each. A word listed once, or the
+        start of one cut short, is listed fewer times than any common word (6 or 30), and contains no common
+        word (`others` skips those); at most it raises one uncommon word from 1 or 3 listings to 2 or 4. So
+        the 10 common words stay the 10 most common, and the answer."""
+        first = CWE_COMMON * freq_common + n * freq_rare + 1
+        return " " + _numbered(stream.take(n + skip + pieces)[n + skip :], first)
+
     ex_listed = example[:CWE_COMMON] * ex_common + example[CWE_COMMON:] * ex_rare
     rng.shuffle(ex_listed)
     shots = _CWE_HEAD + _numbered(ex_listed) + _CWE_TAIL + " " + _numbered(example[:CWE_COMMON]) + "\n"
-    return TaskSample(spec.name, _CWE_HEAD, context, _CWE_TAIL, tuple(common), shots=shots)
+    return TaskSample(spec.name, _CWE_HEAD, context, _CWE_TAIL, tuple(common), shots=shots, filler=filler)
 
 
 # ---------------------------------------------------------------- fwe
@@ -490,7 +522,15 @@ def frequent_words(spec: TaskSpec, rng: random.Random, length: int) -> TaskSampl
         random.Random(f"{order_seed}-{n}").shuffle(words)
         return " ".join(words)
 
-    return TaskSample(spec.name, _FWE_HEAD, context, _FWE_TAIL, tuple(vocabulary[1:4]))
+    return TaskSample(spec.name, _FWE_HEAD, context, _FWE_TAIL, tuple(vocabulary[1:4]), filler=_fwe_dots)
+
+
+def _fwe_dots(_units: int, pieces: int, _skip: int = 0) -> str:
+    """fwe's filler: more "...". The next unit (one step of the Zipf scale) cannot be cut, since part of it
+    could tie rank 5 with rank 4, the answer's last word. "..." is already the most frequent word and the
+    question says to ignore it, so more of it (or a cut "." or "..") leaves ranks 2 to 4, the answer, as they
+    are."""
+    return " " + " ".join(["..."] * pieces)
 
 
 # ---------------------------------------------------------------- qa
@@ -539,8 +579,15 @@ def question_answering(spec: TaskSpec, rng: random.Random, data: QaData, item: Q
         random.Random(f"{order_seed}-{n}").shuffle(chosen)
         return "\n\n".join(_QA_DOCUMENT.format(i=i, document=data.documents[d]) for i, d in enumerate(chosen, 1))
 
+    def filler(n: int, pieces: int, skip: int = 0) -> str:
+        """The next documents, numbered on: other documents than the question's own, which are always whole
+        in the prompt, so a cut one takes nothing from the answer. "" when no document is left."""
+        first = len(item.gold) + n + 1
+        following = enumerate(order[n + skip : n + skip + pieces], first)
+        return "".join("\n\n" + _QA_DOCUMENT.format(i=i, document=data.documents[d]) for i, d in following)
+
     tail = _QA_TAIL.format(question=item.question)
-    return TaskSample(spec.name, _QA_HEAD, context, tail, item.answers, max_units=len(order))
+    return TaskSample(spec.name, _QA_HEAD, context, tail, item.answers, max_units=len(order), filler=filler)
 
 
 def _qa_error(path: str, detail: str) -> RopextError:
