@@ -98,6 +98,10 @@ def search(
     """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
     from ropext.lengths import parse_length
     from ropext.methods import METHODS
+    from ropext.model.sdpa import SDPA_BACKENDS
+
+    if sdpa_backend not in SDPA_BACKENDS:
+        raise RopextError(f"unknown --sdpa-backend {sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
     from ropext.model.loading import load_layout
     from ropext.registry import load_plugins
     from ropext.search import SEARCHERS

@@ -61,6 +61,9 @@ def finetune(
     ] = "1",
     attn: Annotated[str, typer.Option(help="Attention: sdpa, eager, flash_attention_2 (needs flash-attn).")] = "sdpa",
     chunk_tokens: Annotated[int, typer.Option(help="Positions per chunk of the loss's vocabulary projection.")] = 4096,
+    sdpa_backend: Annotated[
+        str, typer.Option(help="SDPA kernels: auto (cuDNN first), cudnn, flash, efficient, math, default.")
+    ] = "auto",
     init: Annotated[
         str, typer.Option(help="pretrained (the model's weights) or random (the config's initialisation; benchmarks).")
     ] = "pretrained",
@@ -96,6 +99,7 @@ def finetune(
         attn=attn,
         chunk_tokens=chunk_tokens,
         init=init,
+        sdpa_backend=sdpa_backend,
         save_model=save_model,
     )
     world = launcher_world()

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
+from ropext.model.sdpa import sdpa_context
 from ropext.scaling import RopeScaling
 from ropext.search.base import Candidate
 from ropext.search.batched_rotary import install_batched_rotary
@@ -38,28 +38,6 @@ class EngineOptions:
     sdpa_backend: str = "auto"
     """``auto`` (cuDNN, then flash, then the rest, on CUDA), ``cudnn``, ``flash``, ``efficient``, ``math``,
     or ``default`` (PyTorch's own choice)."""
-
-
-def sdpa_context(name: str, device: str):
-    """A context that restricts SDPA to the named backend(s)."""
-    if name == "default" or not str(device).startswith("cuda"):
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    table = {
-        "cudnn": [SDPBackend.CUDNN_ATTENTION],
-        "flash": [SDPBackend.FLASH_ATTENTION],
-        "efficient": [SDPBackend.EFFICIENT_ATTENTION],
-        "math": [SDPBackend.MATH],
-        # Measured on an H100 at head dim 64 (docs/results.md): cuDNN is fastest; the others are fallbacks.
-        "auto": [
-            SDPBackend.CUDNN_ATTENTION,
-            SDPBackend.FLASH_ATTENTION,
-            SDPBackend.EFFICIENT_ATTENTION,
-            SDPBackend.MATH,
-        ],
-    }
-    return sdpa_kernel(table[name], set_priority=name == "auto")
 
 
 class PerplexityEngine:

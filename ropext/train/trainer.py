@@ -34,6 +34,7 @@ from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import ModelSource
+from ropext.model.sdpa import SDPA_BACKENDS, sdpa_context
 from ropext.scaling import RopeScaling, write_text_atomic
 from ropext.train import config as ds_config
 from ropext.train.data import PackedWindows, check_fills, training_documents
@@ -78,6 +79,8 @@ class FinetuneRequest:
     init: str = "pretrained"
     """"pretrained": the model's weights; "random": its config's random initialisation (throughput runs of a
     shape that has no checkpoint)."""
+    sdpa_backend: str = "auto"
+    """SDPA kernels (ropext.model.sdpa): cuDNN first by default, as for search and evaluation."""
     save_model: bool = True
     """False: no final Hugging Face folder (throughput runs); checkpoints are still written as asked."""
 
@@ -186,6 +189,8 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         grad_accum=request.grad_accum,
     )
     _check_attention(request.attn)
+    if request.sdpa_backend not in SDPA_BACKENDS:
+        raise RopextError(f"unknown --sdpa-backend {request.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
     if request.init not in INITIALISATIONS:
         raise RopextError(f"unknown --init {request.init!r}; use one of {', '.join(INITIALISATIONS)}")
     if not request.factors.is_file():
@@ -524,8 +529,10 @@ def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> floa
     for m in range(plan.grad_accum):
         first = samples + (m * world.size + world.rank) * micro
         batch = torch.from_numpy(plan.windows.batch(first, micro)).to(engine.device)
-        loss = engine(batch)
-        engine.backward(loss)
+        # The backward pass recomputes each layer's forward (activation checkpointing): it needs the same kernels.
+        with sdpa_context(plan.request.sdpa_backend, str(engine.device)):
+            loss = engine(batch)
+            engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
         total += float(loss.detach())
     return total / plan.grad_accum

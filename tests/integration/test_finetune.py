@@ -259,6 +259,7 @@ BAD = {
     "batch tokens not whole windows": (lambda i, out: ["--batch-tokens", "200"], ("not a multiple of --train-length",)),
     "resume without checkpoint": (lambda i, out: ["--resume"], ("holds no checkpoint",)),
     "unknown attention": (lambda i, out: ["--attn", "fast"], ("unknown --attn 'fast'",)),
+    "unknown sdpa backend": (lambda i, out: ["--sdpa-backend", "fast"], ("unknown --sdpa-backend 'fast'", "cudnn")),
     "unknown initialisation": (lambda i, out: ["--init", "zeros"], ("unknown --init 'zeros'", "pretrained, random")),
 }
 
