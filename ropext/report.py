@@ -1,11 +1,13 @@
 """``ropext report``: one Markdown page, with its plots, from the result files of ``ropext eval``.
 
-Result files are grouped into sections by (task, model, options other than the lengths): numbers are
-comparable within a section. Inside a section there is one series per method label; files of the same
-label (e.g. the same scaling evaluated at different lengths by different runs) are merged by length.
-A method's label is the scaling's ``method``, plus the smallest disambiguator that tells apart scalings
-of the same method with different factors: the differing method parameters (``dprope:t=0.001``), the
-target length (``yarn@64k``), or, when neither does, the result file's stem.
+Result files are grouped into sections by (task, options other than the lengths): numbers are comparable within
+a section, whichever model they are of. A ppl corpus counts by its content, not its path (``corpus_groups``).
+Inside a section there is one series per (model, scaling); files of the same series (e.g. the same scaling
+evaluated at different lengths by different runs) are merged by length. A series' label is the scaling's
+``method``, plus the smallest disambiguator that tells apart scalings of the same method with different factors:
+the differing method parameters (``dprope:t=0.001``), the target length (``yarn@64k``), or, when neither does,
+the result file's stem. In a section with several models, the series of models other than the main one also
+name their model (``section_labels``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,10 @@ def load_results(paths: Sequence[Path]) -> tuple[list[ResultDoc], list[Path]]:
 
 
 # ---------------------------------------------------------------------------------------------- labels
+SeriesKey = tuple[str, str]
+"""(model, ``scaling_key``): one series, the same in every section it appears in."""
+
+
 def scaling_key(scaling: dict[str, Any] | None) -> str:
     """What makes two scalings evaluate alike: method, factor vectors, attention factor, start tokens
     (and the target length only for ``dynamic``, whose factors depend on it). ``none`` computed for
@@ -117,20 +125,20 @@ def scaling_key(scaling: dict[str, Any] | None) -> str:
     return json.dumps({k: scaling.get(k) for k in keep}, sort_keys=True)
 
 
-def label_key(doc: ResultDoc) -> tuple[str, str]:
+def label_key(doc: ResultDoc) -> SeriesKey:
     """What a label names: one scaling (by ``scaling_key``) of one model."""
     return doc.model, scaling_key(doc.scaling)
 
 
-def method_labels(docs: Iterable[ResultDoc]) -> dict[tuple[str, str], str]:
+def method_labels(docs: Iterable[ResultDoc]) -> dict[SeriesKey, str]:
     """A short label for every distinct scaling of each model (by ``label_key``), unique within the model."""
-    first: dict[tuple[str, str], ResultDoc] = {}
+    first: dict[SeriesKey, ResultDoc] = {}
     for doc in docs:
         first.setdefault(label_key(doc), doc)
-    by_method: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    by_method: dict[tuple[str, str], list[SeriesKey]] = {}
     for key, doc in first.items():
         by_method.setdefault((doc.model, doc.scaling["method"] if doc.scaling else "original"), []).append(key)
-    labels: dict[tuple[str, str], str] = {}
+    labels: dict[SeriesKey, str] = {}
     for (_, method), keys in by_method.items():
         if len(keys) == 1:
             labels[keys[0]] = method
@@ -181,45 +189,173 @@ def _file_stem(path: Path) -> str:
     return stem
 
 
-def label_order(labels: Iterable[str], targets: dict[str, int]) -> list[str]:
-    """Methods as in METHOD_ORDER, then others in order of first appearance; a method's variants by target
-    length, then by name."""
-    labels = list(dict.fromkeys(labels))
-    methods = list(dict.fromkeys(_base_method(label) for label in labels))
+def main_model(keys: Iterable[SeriesKey]) -> str:
+    """The model with the most series, the first given on a tie: the base model that fine-tuned checkpoints or
+    other models are compared with. It leads the order, and its labels stay unqualified."""
+    counts = Counter(model for model, _ in dict.fromkeys(keys))
+    return max(counts, key=lambda model: counts[model])  # max keeps the first of equal counts
 
-    def rank(label: str) -> tuple[int, int, int, str]:
-        base = _base_method(label)
+
+def series_order(
+    keys: Iterable[SeriesKey], labels: dict[SeriesKey, str], targets: dict[SeriesKey, int], main: str
+) -> list[SeriesKey]:
+    """The main model's series, then other models' in order of appearance. Within a model: methods as in
+    METHOD_ORDER, then others in order of first appearance; a method's variants by target length, then by name."""
+    keys = list(dict.fromkeys(keys))
+    models = [main, *(model for model in dict.fromkeys(model for model, _ in keys) if model != main)]
+    methods = list(dict.fromkeys(_base_method(labels[key]) for key in keys))
+
+    def rank(key: SeriesKey) -> tuple[int, int, int, int, str]:
+        base = _base_method(labels[key])
         known = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
-        return known, methods.index(base), targets.get(label, 0), label
+        return models.index(key[0]), known, methods.index(base), targets.get(key, 0), labels[key]
 
-    return sorted(labels, key=rank)
+    return sorted(keys, key=rank)
 
 
 def _base_method(label: str) -> str:
     return re.split(r"[:@ ]", label, maxsplit=1)[0]
 
 
+def model_names(models: Sequence[str]) -> dict[str, str]:
+    """Each model by its short name (``short_model``), or every model as given when two short names collide."""
+    short = {model: short_model(model) for model in models}
+    return short if len(set(short.values())) == len(short) else {model: model for model in models}
+
+
+def section_labels(keys: Sequence[SeriesKey], labels: dict[SeriesKey, str], main: str) -> dict[SeriesKey, str]:
+    """Labels within one section. With one model: the model's own labels. With several, the main model's series
+    keep theirs, so the familiar rows read as before, and every other series names its model: ``yarn@32k · ckpt``,
+    or the model alone when it ran unscaled (a fine-tuned checkpoint places positions by its own config)."""
+    models = list(dict.fromkeys(model for model, _ in keys))
+    if len(models) == 1:
+        return {key: labels[key] for key in keys}
+    names = model_names(models)
+
+    def qualified(key: SeriesKey) -> str:
+        model, scaling = key
+        if model == main:
+            return labels[key]
+        return names[model] if scaling == "original" else f"{labels[key]} · {names[model]}"
+
+    result = {key: qualified(key) for key in keys}
+    if len(set(result.values())) < len(result):  # a model named like a method label: qualify every series
+        result = {key: f"{labels[key]} · {names[key[0]]}" for key in keys}
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- corpora
+def corpus_identity(doc: ResultDoc) -> str | None:
+    """The ppl corpus a result was measured on: the ``corpus_fingerprint`` its lengths carry, or, in files
+    written before results had one, the corpus path. None for tasks without a corpus option."""
+    if doc.task != "ppl" or "corpus" not in doc.options:
+        return None
+    fingerprints = sorted({str(r["corpus_fingerprint"]) for r in doc.results.values() if r.get("corpus_fingerprint")})
+    return "fingerprint " + "+".join(fingerprints) if fingerprints else f"path {doc.options['corpus']}"
+
+
+@dataclass
+class CorpusGroups:
+    """Which corpus identities are one corpus, and the measurements that showed it."""
+
+    root: dict[str, str] = field(default_factory=dict)
+    """Each identity -> the identity its group goes by."""
+    agreeing: dict[str, dict[SeriesKey, set[int]]] = field(default_factory=dict)
+    """Per section identity (``_comparable_options``, as JSON): the series and lengths measured alike on its corpora."""
+
+
+def corpus_groups(docs: Sequence[ResultDoc]) -> CorpusGroups:
+    """Group the ppl corpora that hold the same text.
+
+    Results with one fingerprint share a corpus. The fingerprint hashes the resolved path, size and modification
+    time, not the text, so the same file under another path (a copy on the GPU machine) gets another one. Two
+    corpora are therefore also one when a series (model and scaling) with otherwise equal options gives the same
+    log-likelihood over the same tokens of the same documents on both, at some length: a sum over 10^4 or more
+    token losses does not coincide on different text. A series that differs slightly between the two (a
+    numerical difference between runs) does not split them again; the section notes the disagreement."""
+    parent: dict[str, str] = {}
+
+    def find(identity: str) -> str:
+        while parent[identity] != identity:
+            identity = parent[identity]
+        return identity
+
+    measured: dict[tuple[str, SeriesKey, str], list[tuple[str, dict[str, Any]]]] = {}
+    for doc in docs:
+        identity = corpus_identity(doc)
+        if identity is None:
+            continue
+        parent.setdefault(identity, identity)
+        # The other options must be equal; the corpus is left blank, since its group is what is sought.
+        rest = json.dumps(_comparable_options(doc.options, ""), sort_keys=True)
+        for length, result in doc.results.items():
+            measured.setdefault((rest, label_key(doc), length), []).append((identity, result))
+    agreements = []
+    for (rest, key, length), entries in measured.items():
+        for (a, result_a), (b, result_b) in combinations(entries, 2):
+            if a != b and _same_measurement(result_a, result_b):
+                parent[find(b)] = find(a)
+                agreements.append((rest, a, key, int(length)))
+    groups = CorpusGroups({identity: find(identity) for identity in parent})
+    for rest, identity, key, length in agreements:
+        options = json.loads(rest) | {"corpus": groups.root[identity]}
+        groups.agreeing.setdefault(json.dumps(options, sort_keys=True), {}).setdefault(key, set()).add(length)
+    return groups
+
+
+def _same_measurement(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same log-likelihood over the same token count of the same documents."""
+    if a.get("nll") is None or a.get("tokens") is None:
+        return False
+    return all(_same(a.get(name), b.get(name)) for name in ("nll", "tokens", "documents"))
+
+
+def _comparable_options(options: dict[str, Any], corpus_root: str | None) -> dict[str, Any]:
+    """What makes results comparable: the options but the lengths, a ppl corpus by its group (``corpus_root``,
+    see ``corpus_groups``) rather than by its path."""
+    kept = {name: value for name, value in options.items() if name != "lengths"}
+    if corpus_root is not None:
+        kept["corpus"] = corpus_root
+    return kept
+
+
 # ---------------------------------------------------------------------------------------------- sections
 @dataclass
 class Series:
-    """One method's results in one section, merged over the files that hold them."""
+    """One (model, scaling)'s results in one section, merged over the files that hold them."""
 
     label: str
+    key: SeriesKey
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     sources: list[Path] = field(default_factory=list)
 
 
 @dataclass
 class Section:
-    """Results of one task on one model with the same options (other than the lengths): comparable numbers."""
+    """Results of one task with the same options (other than the lengths; a ppl corpus by its content, see
+    ``corpus_groups``): comparable numbers, of one model or several."""
 
     task: str
-    model: str
     options: dict[str, Any]
+    """The first file's options."""
+    identity: dict[str, Any]
+    """What the section is keyed by: ``_comparable_options``."""
+    models: list[str]
+    """The main model (``main_model``) first, then the others in order of appearance."""
+    corpora: list[str] = field(default_factory=list)
+    """ppl: every corpus path its files name, which may be several for one corpus."""
     series: dict[str, Series] = field(default_factory=dict)
-    distinct_options: dict[str, Any] = field(default_factory=dict)
-    """The options that tell this section from others of the same task and model (empty if it is alone)."""
+    distinct_options: dict[str, str] = field(default_factory=dict)
+    """The options that tell this section from others of the same task, as shown (empty if it is alone)."""
     notes: list[str] = field(default_factory=list)
+    disagreements: dict[tuple[str, Path], list[str]] = field(default_factory=dict)
+    """(label, file) -> the lengths where that file's result differs from an earlier file's, as shown."""
+    corpus_note: str | None = None
+    """Why several corpus paths count as one corpus."""
+
+    @property
+    def model(self) -> str:
+        return self.models[0]
 
     @property
     def lengths(self) -> list[int]:
@@ -227,16 +363,21 @@ class Section:
 
     @property
     def title(self) -> str:
-        return self._title(self.model)
+        return self._title(lambda model: model)
 
     @property
     def plot_title(self) -> str:
-        return self._title(short_model(self.model))
+        return self._title(short_model)
 
-    def _title(self, model: str) -> str:
-        title = f"{TASK_TITLES[self.task]} — {model}"
+    def _title(self, name: Callable[[str], str]) -> str:
+        models = name(self.models[0])
+        if len(self.models) == 2:
+            models += f" and {name(self.models[1])}"
+        elif len(self.models) > 2:
+            models += f" and {len(self.models) - 1} other models"
+        title = f"{TASK_TITLES[self.task]} — {models}"
         if self.distinct_options:
-            title += " (" + ", ".join(f"{k} {_short_value(v)}" for k, v in self.distinct_options.items()) + ")"
+            title += " (" + ", ".join(f"{k} {v}" for k, v in self.distinct_options.items()) + ")"
         return title
 
 
@@ -245,24 +386,61 @@ def short_model(model: str) -> str:
     return Path(model.rstrip("/")).name if model.startswith(("/", ".", "~")) else model
 
 
-def _options_identity(options: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in options.items() if k != "lengths"}, sort_keys=True)
-
-
-def build_sections(docs: Sequence[ResultDoc], labels: dict[tuple[str, str], str]) -> list[Section]:
+def build_sections(docs: Sequence[ResultDoc], labels: dict[SeriesKey, str]) -> list[Section]:
     """Sections in task order (ppl, passkey, ruler), then in order of first appearance."""
-    sections: dict[tuple[str, str, str], Section] = {}
+    corpora = corpus_groups(docs)
+    grouped: dict[tuple[str, str], list[ResultDoc]] = {}
     for doc in docs:
-        key = (doc.task, doc.model, _options_identity(doc.options))
-        section = sections.setdefault(key, Section(doc.task, doc.model, doc.options))
-        label = labels[label_key(doc)]
-        series = section.series.setdefault(label, Series(label))
+        identity = _comparable_options(doc.options, _corpus_root(doc, corpora))
+        grouped.setdefault((doc.task, json.dumps(identity, sort_keys=True)), []).append(doc)
+    sections = [_section(group, labels, corpora) for group in grouped.values()]
+    ordered = sorted(sections, key=lambda s: list(TASK_TITLES).index(s.task))
+    _mark_distinct_options(ordered)
+    return ordered
+
+
+def _corpus_root(doc: ResultDoc, corpora: CorpusGroups) -> str | None:
+    identity = corpus_identity(doc)
+    return None if identity is None else corpora.root[identity]
+
+
+def _section(docs: Sequence[ResultDoc], labels: dict[SeriesKey, str], corpora: CorpusGroups) -> Section:
+    """One section from the files of one task and comparable options."""
+    first = docs[0]
+    keys = list(dict.fromkeys(label_key(doc) for doc in docs))
+    main = main_model(keys)
+    models = [main, *(model for model in dict.fromkeys(model for model, _ in keys) if model != main)]
+    identity = _comparable_options(first.options, _corpus_root(first, corpora))
+    paths = [str(doc.options["corpus"]) for doc in docs if corpus_identity(doc) is not None]
+    section = Section(first.task, first.options, identity, models, list(dict.fromkeys(paths)))
+    names = section_labels(keys, labels, main)
+    for doc in docs:
+        key = label_key(doc)
+        series = section.series.setdefault(names[key], Series(names[key], key))
         series.sources.append(doc.path)
         for length_key, result in doc.results.items():
             _merge(section, series, int(length_key), result, doc.path)
-    ordered = sorted(sections.values(), key=lambda s: list(TASK_TITLES).index(s.task))
-    _mark_distinct_options(ordered)
-    return ordered
+    section.notes = [
+        f"{label}: {path} disagrees with an earlier file at {', '.join(items)}; the table shows the earlier numbers"
+        for (label, path), items in section.disagreements.items()
+    ]
+    if len(section.corpora) > 1:
+        agreeing = corpora.agreeing.get(json.dumps(identity, sort_keys=True), {})
+        section.corpus_note = _corpus_note(agreeing, names)
+    return section
+
+
+def _corpus_note(agreeing: dict[SeriesKey, set[int]], names: dict[SeriesKey, str]) -> str:
+    if not agreeing:
+        return "These paths name one file: the results carry the same corpus fingerprint."
+    evidence = "; ".join(
+        f"{names[key]} at " + ", ".join(format_length(length) for length in sorted(lengths))
+        for key, lengths in agreeing.items()
+    )
+    return (
+        "These paths hold one corpus: the same model and scaling measured on each give the same log-likelihood "
+        f"over the same tokens ({evidence})."
+    )
 
 
 def _merge(section: Section, series: Series, length: int, result: dict[str, Any], path: Path) -> None:
@@ -285,10 +463,13 @@ def _merge(section: Section, series: Series, length: int, result: dict[str, Any]
         metric = "ppl" if section.task == "ppl" else "accuracy"
         old, new = kept.get(metric), result.get(metric)
     if not _same(old, new):
-        section.notes.append(
-            f"{series.label} at {format_length(length)}: {path} disagrees with an earlier file "
-            f"({_short_value(new)} vs {_short_value(old)}); the table shows the earlier one"
-        )
+        shown = f"{format_length(length)} ({_disagreeing_value(new)} vs {_disagreeing_value(old)})"
+        section.disagreements.setdefault((series.label, path), []).append(shown)
+
+
+def _disagreeing_value(value: Any) -> str:
+    """A perplexity with digits enough to show a difference of a few in 10^5 (a numerical difference between runs)."""
+    return f"{value:.4f}" if isinstance(value, float) else _short_value(value)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -298,16 +479,32 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _mark_distinct_options(sections: Sequence[Section]) -> None:
-    groups: dict[tuple[str, str], list[Section]] = {}
+    """Name, in the titles, the options that tell sections of one task apart. A corpus shows as its paths,
+    which are long: it is named only when the other differing options do not already tell the sections apart."""
+    groups: dict[str, list[Section]] = {}
     for section in sections:
-        groups.setdefault((section.task, section.model), []).append(section)
+        groups.setdefault(section.task, []).append(section)
     for group in groups.values():
         if len(group) < 2:
             continue
-        names = sorted({n for s in group for n in s.options if n != "lengths"})
-        differing = [n for n in names if len({json.dumps(s.options.get(n), sort_keys=True) for s in group}) > 1]
+        names = sorted({n for s in group for n in s.identity})
+        differing = [n for n in names if len({json.dumps(s.identity.get(n), sort_keys=True) for s in group}) > 1]
+        without_corpus = [n for n in differing if n != "corpus"]
+        if without_corpus and _tells_apart(group, without_corpus):
+            differing = without_corpus
         for section in group:
-            section.distinct_options = {n: section.options.get(n) for n in differing}
+            section.distinct_options = {n: _option_text(section, n) for n in differing}
+
+
+def _tells_apart(sections: Sequence[Section], names: Sequence[str]) -> bool:
+    values = {json.dumps([s.identity.get(n) for n in names], sort_keys=True) for s in sections}
+    return len(values) == len(sections)
+
+
+def _option_text(section: Section, name: str) -> str:
+    if name == "corpus" and section.corpora:
+        return " / ".join(section.corpora)
+    return _short_value(section.options.get(name))
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -347,7 +544,12 @@ def _metric_table(
             text = fmt(value) if length in section.series[label].results else "-"
             cells.append(f"**{text}**" if value is not None and value == winners[length] else text)
         rows.append([label, *cells])
-    return _table(["method", *map(format_length, lengths)], rows)
+    return _table([_series_header(section), *map(format_length, lengths)], rows)
+
+
+def _series_header(section: Section) -> str:
+    """The rows' column: methods, or, with several models, methods and models (``section_labels``)."""
+    return "method" if len(section.models) == 1 else "method · model"
 
 
 def ppl_table(section: Section, order: list[str]) -> str:
@@ -371,7 +573,7 @@ def passkey_depth_table(section: Section, order: list[str]) -> str:
         for length, result in sorted(section.series[label].results.items()):
             per_depth = result.get("depths", {})
             rows.append([label, format_length(length), *(_fmt_score(per_depth.get(d)) for d in depths)])
-    return _table(["method", "length", *(f"depth {d}" for d in depths)], rows, right_from=1)
+    return _table([_series_header(section), "length", *(f"depth {d}" for d in depths)], rows, right_from=1)
 
 
 def ruler_tasks(section: Section) -> list[str]:
@@ -390,7 +592,7 @@ def ruler_table(section: Section, order: list[str]) -> str:
             entries = result.get("tasks", {})
             scores = [_fmt_score(entries[t].get("score"), 3) if t in entries else "-" for t in tasks]
             rows.append([label, format_length(length), _fmt_score(result.get("average"), 3), *scores])
-    return _table(["method", "length", "average", *tasks], rows)
+    return _table([_series_header(section), "length", "average", *tasks], rows)
 
 
 def scalings_table(scalings: dict[str, dict[str, Any]], order: list[str], targets: dict[str, list[int]]) -> str:
@@ -448,6 +650,8 @@ def sources_table(docs: Sequence[ResultDoc], labels: dict[tuple[str, str], str])
 # ---------------------------------------------------------------------------------------------- plots
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
+OTHER_MODEL_MARKERS = ("*", "X", "h", "p")
+"""Markers of the series of models other than the main one, larger, so that they stand out as a group."""
 
 
 @dataclass(frozen=True)
@@ -455,25 +659,44 @@ class Style:
     color: Any
     linestyle: str
     marker: str
+    markersize: float = 5
 
 
-def series_styles(order: Sequence[str], targets: dict[str, int]) -> dict[str, Style]:
-    """One colour per method; a line style per target length when the label names it; a marker per
-    variant of the same method and target. The same label looks the same in every plot."""
-    plt = _pyplot()
-    palette = plt.get_cmap("tab10").colors
-    methods = list(dict.fromkeys(_base_method(label) for label in order))
-    named_targets = sorted({targets[label] for label in order if "@" in label and label in targets})
-    variants: dict[tuple[str, int], int] = {}
+def series_styles(
+    order: Sequence[SeriesKey], labels: dict[SeriesKey, str], targets: dict[SeriesKey, int], main: str
+) -> dict[SeriesKey, Style]:
+    """One colour per method, and one per other model run unscaled (a fine-tuned checkpoint: no method to share);
+    a line style per target length when the label names it; a marker per variant of the same colour and target,
+    from OTHER_MODEL_MARKERS for models other than the main one. Keyed by series, not by label (labels differ
+    between sections), so a series looks the same in every plot."""
+    groups = {key: _colour_group(key, labels[key], main) for key in order}
+    colours = list(dict.fromkeys(groups.values()))
+    palette = _palette(len(colours))
+    named_targets = sorted({targets[key] for key in order if "@" in labels[key] and key in targets})
+    variants: dict[tuple[str, int, bool], int] = {}
     styles = {}
-    for label in order:
-        base = _base_method(label)
-        target = targets.get(label, 0) if "@" in label else 0
-        variant = variants.get((base, target), 0)
-        variants[(base, target)] = variant + 1
+    for key in order:
+        group, other = groups[key], key[0] != main
+        target = targets.get(key, 0) if "@" in labels[key] else 0
+        variant = variants.get((group, target, other), 0)
+        variants[(group, target, other)] = variant + 1
         line = LINESTYLES[named_targets.index(target) % len(LINESTYLES)] if target in named_targets else "-"
-        styles[label] = Style(palette[methods.index(base) % len(palette)], line, MARKERS[variant % len(MARKERS)])
+        markers = OTHER_MODEL_MARKERS if other else MARKERS
+        colour = palette[colours.index(group) % len(palette)]
+        styles[key] = Style(colour, line, markers[variant % len(markers)], 8 if other else 5)
     return styles
+
+
+def _colour_group(key: SeriesKey, label: str, main: str) -> str:
+    model, scaling = key
+    return f"model {model}" if scaling == "original" and model != main else _base_method(label)
+
+
+def _palette(count: int) -> list[Any]:
+    """tab10, then its lighter shades (tab20's odd entries) when more than ten colours are needed."""
+    plt = _pyplot()
+    colours = list(plt.get_cmap("tab10").colors)
+    return colours if count <= len(colours) else colours + list(plt.get_cmap("tab20").colors[1::2])
 
 
 def _pyplot():
@@ -515,10 +738,16 @@ def _legend(ax: Any, count: int) -> None:
         ax.legend(fontsize="small")
 
 
+def _line_figsize(count: int, height: float) -> tuple[float, float]:
+    """Wider when the legend moves outside (``_legend``); taller with many series, whose lines crowd together
+    (fine-tuned checkpoints beside a base model's scalings)."""
+    return (9 if count > 6 else 7, height if count <= 10 else height + 1.6)
+
+
 def plot_ppl(section: Section, order: list[str], styles: dict[str, Style], path: Path) -> None:
     """Perplexity against length, one line per method; log-scale y, log2-scale x."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9 if len(order) > 6 else 7, 4.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=_line_figsize(len(order), 4.8), layout="constrained")
     values = []
     for label in order:
         points = sorted((length, r["ppl"]) for length, r in section.series[label].results.items() if "ppl" in r)
@@ -532,7 +761,7 @@ def plot_ppl(section: Section, order: list[str], styles: dict[str, Style], path:
             color=style.color,
             linestyle=style.linestyle,
             marker=style.marker,
-            markersize=5,
+            markersize=style.markersize,
         )
     _log10_axis(ax, values)
     _length_axis(ax, section.lengths)
@@ -608,7 +837,7 @@ def plot_passkey(section: Section, order: list[str], path: Path) -> None:
 def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], path: Path) -> None:
     """RULER's average score against length, one line per method."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9 if len(order) > 6 else 7, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=_line_figsize(len(order), 4.5), layout="constrained")
     for label in order:
         points = sorted(
             (length, r["average"])
@@ -623,7 +852,7 @@ def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], pat
                 color=style.color,
                 linestyle=style.linestyle,
                 marker=style.marker,
-                markersize=5,
+                markersize=style.markersize,
             )
     _length_axis(ax, section.lengths)
     ax.set_ylim(-0.03, 1.03)
@@ -739,72 +968,102 @@ def write_report(paths: Sequence[Path], out: Path, title: str = "ropext report")
     _pyplot()  # fail early without matplotlib
     docs, skipped = load_results(paths)
     labels = method_labels(docs)
-    scalings: dict[str, dict[str, dict[str, Any]]] = {}  # model -> label -> scaling
-    all_targets: dict[str, dict[str, list[int]]] = {}  # model -> label -> target lengths
-    for doc in docs:
-        if doc.scaling is not None:
-            label, target = labels[label_key(doc)], int(doc.scaling["max_position_embeddings"])
-            scalings.setdefault(doc.model, {}).setdefault(label, doc.scaling)
-            known = all_targets.setdefault(doc.model, {}).get(label, [])
-            all_targets[doc.model][label] = sorted({*known, target})
-    targets = {label: max(t) for per_model in all_targets.values() for label, t in per_model.items()}
-    order = label_order([labels[label_key(d)] for d in docs], targets)
-    styles = series_styles(order, targets)
+    scalings, targets = _scalings_of(docs)
+    widest = {key: max(lengths) for key, lengths in targets.items()}
+    keys = [label_key(doc) for doc in docs]
+    main = main_model(keys)
+    order = series_order(keys, labels, widest, main)
+    styles = series_styles(order, labels, widest, main)
     sections = build_sections(docs, labels)
     if out.exists() and not out.is_dir():
         raise RopextError(f"--out {out} is a file; give a folder for report.md and its plots")
     out.mkdir(parents=True, exist_ok=True)
-    names = _FileNames()
-    plots: list[Path] = []
+    plots = _Plots(out)
     lines = [f"# {title}", "", _intro(docs, sections), ""]
-
     for model in dict.fromkeys(d.model for d in docs):
-        model_scalings = scalings.get(model)
-        if not model_scalings:
-            continue
-        model_order = [label for label in order if label in model_scalings]
-        lines += [f"## Scalings — {model}", "", scalings_table(model_scalings, model_order, all_targets[model]), ""]
-        for group in _same_layout(model_scalings, model_order):
-            path = out / names.take(f"factors-{_slug(model)}")
-            plot_factors(model_scalings, group, styles, model, path)
-            plots.append(path)
-            lines += [f"![factors λ_i against pair index, {model}]({path.name})", ""]
-
+        model_keys = [key for key in order if key[0] == model and key in scalings]
+        if model_keys:  # a model evaluated only as it is (a fine-tuned checkpoint) has no scaling to show
+            lines += _scalings_part(model, model_keys, labels, scalings, targets, styles, plots)
     for section in sections:
-        section_order = [label for label in order if label in section.series]
-        lines += [f"## {section.title}", "", _options_line(section), ""]
-        distinct = "".join(f"-{k}-{_short_value(v)}" for k, v in section.distinct_options.items())
-        path = out / names.take(_slug(f"{section.task}-{short_model(section.model)}{distinct}"))
-        if not section.lengths:
-            lines += ["No finished lengths in these files yet.", ""]
-            continue
-        if section.task == "ppl":
-            lines += ["Perplexity of the first L tokens (lower is better; best per length in bold):", ""]
-            lines += [ppl_table(section, section_order), ""]
-            plot_ppl(section, section_order, styles, path)
-            lines += [f"![perplexity against length]({path.name})", ""]
-        elif section.task == "passkey":
-            lines += ["Accuracy over all depths (best per length in bold):", ""]
-            lines += [passkey_table(section, section_order), ""]
-            plot_passkey(section, section_order, path)
-            lines += [f"![passkey accuracy by length and depth]({path.name})", ""]
-            lines += ["<details><summary>Accuracy per depth</summary>", "", passkey_depth_table(section, section_order)]
-            lines += ["", "</details>", ""]
-        else:
-            lines += ["Score per task (0 to 1; `n/a`: no question data given) and their average:", ""]
-            lines += [ruler_table(section, section_order), ""]
-            plot_ruler(section, section_order, styles, path)
-            lines += [f"![RULER average score against length]({path.name})", ""]
-        plots.append(path)
-        lines += [f"- note: {note}" for note in section.notes] + ([""] if section.notes else [])
-
+        lines += _section_part(section, order, styles, plots)
     lines += ["## Sources", "", sources_table(docs, labels), ""]
     if skipped:
         note = "Skipped (comparison summaries; their per-method result files hold the same numbers): "
         lines += [note + ", ".join(f"`{p}`" for p in skipped), ""]
     markdown = out / "report.md"
     markdown.write_text("\n".join(lines).rstrip() + "\n")
-    return Report(markdown, plots, sections, skipped)
+    return Report(markdown, plots.written, sections, skipped)
+
+
+def _scalings_of(docs: Sequence[ResultDoc]) -> tuple[dict[SeriesKey, dict[str, Any]], dict[SeriesKey, list[int]]]:
+    """Each series' scaling, and every target length it was computed for (``none`` at 32k and at 64k is one)."""
+    scalings: dict[SeriesKey, dict[str, Any]] = {}
+    targets: dict[SeriesKey, list[int]] = {}
+    for doc in docs:
+        if doc.scaling is not None:
+            key = label_key(doc)
+            scalings.setdefault(key, doc.scaling)
+            targets[key] = sorted({*targets.get(key, []), int(doc.scaling["max_position_embeddings"])})
+    return scalings, targets
+
+
+def _scalings_part(
+    model: str,
+    keys: list[SeriesKey],
+    labels: dict[SeriesKey, str],
+    scalings: dict[SeriesKey, dict[str, Any]],
+    targets: dict[SeriesKey, list[int]],
+    styles: dict[SeriesKey, Style],
+    plots: _Plots,
+) -> list[str]:
+    """One model's scalings: their table, and a factor plot per rotary layout. Labels are the model's own."""
+    by_label = {labels[key]: scalings[key] for key in keys}
+    order = [labels[key] for key in keys]
+    table = scalings_table(by_label, order, {labels[key]: targets[key] for key in keys})
+    lines = [f"## Scalings — {model}", "", table, ""]
+    label_styles = {labels[key]: styles[key] for key in keys}
+    for group in _same_layout(by_label, order):
+        path = plots.path(f"factors-{_slug(model)}")
+        plot_factors(by_label, group, label_styles, model, path)
+        lines += [f"![factors λ_i against pair index, {model}]({path.name})", ""]
+    return lines
+
+
+def _section_part(section: Section, order: list[SeriesKey], styles: dict[SeriesKey, Style], plots: _Plots) -> list[str]:
+    """One section: its options, its table and its plot, and its notes."""
+    section_order = _section_order(section, order)
+    label_styles = {label: styles[section.series[label].key] for label in section_order}
+    lines = [f"## {section.title}", "", *_section_header(section)]
+    if not section.lengths:
+        return [*lines, "No finished lengths in these files yet.", ""]
+    distinct = "".join(f"-{k}-{v}" for k, v in section.distinct_options.items())
+    path = plots.path(_slug(f"{section.task}-{short_model(section.model)}{distinct}"))
+    if section.task == "ppl":
+        lines += ["Perplexity of the first L tokens (lower is better; best per length in bold):", ""]
+        lines += [ppl_table(section, section_order), ""]
+        plot_ppl(section, section_order, label_styles, path)
+        lines += [f"![perplexity against length]({path.name})", ""]
+    elif section.task == "passkey":
+        lines += ["Accuracy over all depths (best per length in bold):", ""]
+        lines += [passkey_table(section, section_order), ""]
+        plot_passkey(section, section_order, path)
+        lines += [f"![passkey accuracy by length and depth]({path.name})", ""]
+        lines += ["<details><summary>Accuracy per depth</summary>", "", passkey_depth_table(section, section_order)]
+        lines += ["", "</details>", ""]
+    else:
+        lines += ["Score per task (0 to 1; `n/a`: no question data given) and their average:", ""]
+        lines += [ruler_table(section, section_order), ""]
+        plot_ruler(section, section_order, label_styles, path)
+        lines += [f"![RULER average score against length]({path.name})", ""]
+    return lines + [f"- note: {note}" for note in section.notes] + ([""] if section.notes else [])
+
+
+def _section_order(section: Section, order: list[SeriesKey]) -> list[str]:
+    """The section's labels: its main model's series first (the rows the others are compared with), then the
+    report's order."""
+    rank = {key: index for index, key in enumerate(order)}
+    series = sorted(section.series.values(), key=lambda s: (s.key[0] != section.model, rank[s.key]))
+    return [s.label for s in series]
 
 
 def _intro(docs: Sequence[ResultDoc], sections: Sequence[Section]) -> str:
@@ -812,15 +1071,29 @@ def _intro(docs: Sequence[ResultDoc], sections: Sequence[Section]) -> str:
     tasks = ", ".join(dict.fromkeys(TASK_TITLES[s.task] for s in sections))
     return (
         f"Made by `ropext report` from {len(docs)} result files of `ropext eval`: {tasks} on {models}. "
-        "A method's label is the scaling's method, with its differing parameters (`:t=0.001`) or target "
-        "length (`@64k`) when several scalings of one method appear. Sections group results with the same "
-        "task, model and options, so numbers within a section are comparable."
+        "Sections group results of the same task measured with the same options (a corpus by its content, "
+        "whatever its path), so numbers within a section are comparable, across models too. A method's label is "
+        "the scaling's method, with its differing parameters (`:t=0.001`) or target length (`@64k`) when several "
+        "scalings of one method appear; in a section with several models, the rows of models other than the "
+        "first named also name their model (`yarn@32k · ckpt`, or `ckpt` for a model run as it is)."
     )
 
 
-def _options_line(section: Section) -> str:
-    shown = {k: v for k, v in section.options.items() if k != "lengths" and v is not None}
-    return "Options: " + ", ".join(f"{k} `{_short_value(v)}`" for k, v in shown.items()) + "."
+def _section_header(section: Section) -> list[str]:
+    """The section's models (when several) and its options, a corpus by every path it was read from."""
+    lines = []
+    if len(section.models) > 1:
+        lines += ["Models: " + ", ".join(f"`{model}`" for model in section.models) + ".", ""]
+    shown = [(k, v) for k, v in section.options.items() if k != "lengths" and v is not None]
+    options = ", ".join(f"{k} {_option_value(section, k, v)}" for k, v in shown)
+    note = f" {section.corpus_note}" if section.corpus_note else ""
+    return [*lines, f"Options: {options}.{note}", ""]
+
+
+def _option_value(section: Section, name: str, value: Any) -> str:
+    if name == "corpus" and section.corpora:
+        return " / ".join(f"`{path}`" for path in section.corpora)
+    return f"`{_short_value(value)}`"
 
 
 def _same_layout(scalings: dict[str, dict[str, Any]], order: list[str]) -> list[list[str]]:
@@ -850,3 +1123,17 @@ class _FileNames:
             name = f"{stem}-{n}.png"
         self.used.add(name)
         return name
+
+
+class _Plots:
+    """The report's plot files: unique names in ``out``, and every plot written, in order."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.names = _FileNames()
+        self.written: list[Path] = []
+
+    def path(self, stem: str) -> Path:
+        path = self.out / self.names.take(stem)
+        self.written.append(path)
+        return path

@@ -10,11 +10,13 @@ from typing import Any
 import pytest
 from integration_support import PNG_MAGIC, CliResult, assert_clean_error, assert_ok, read_json, run_cli
 
-from ropext.report import load_results, method_labels
+from ropext.report import build_sections, label_key, load_results, method_labels
 
 BENCH = Path(__file__).parents[2] / "bench" / "results"
 METHODS = BENCH / "methods-h100"
 METHOD_FILES = sorted(METHODS.glob("ppl-*.json")) + sorted(METHODS.glob("passkey-*.json"))
+SEARCH_32K = BENCH / "search-h100" / "eval-32k"
+FINETUNE = BENCH / "finetune-quality-h100"
 RULER_LENGTH = 1024
 RULER_TASKS = ("niah_single_1", "vt")
 
@@ -179,7 +181,103 @@ def test_files_of_one_series_merge_and_disagreements_are_noted(tmp_path: Path, r
     out = tmp_path / "out"
     assert_ok(run_cli("report", METHODS / "ppl-yarn-64k.json", tmp_path / "changed.json", *halves, "--out", out))
     page = (out / "report.md").read_text()
-    assert "- note: yarn at 8k:" in page and "changed.json disagrees" in page
+    assert "- note: yarn: " in page and "changed.json disagrees with an earlier file at 8k (" in page
     result = ruler["results"][str(RULER_LENGTH)]
     scores = " | ".join(f"{result['tasks'][t]['score']:.3f}" for t in RULER_TASKS)
     assert f"| original | 1k | {result['average']:.3f} | {scores} |" in page
+
+
+# ---------------------------------------------------------------------------------------------- grouping
+def _variant(tmp_path: Path, source: Path, name: str, **changes: Any) -> Path:
+    """A copy of ``source`` with top-level keys changed (``options`` is updated, not replaced)."""
+    data = read_json(source)
+    data["options"] |= changes.pop("options", {})
+    data |= changes
+    (tmp_path / name).write_text(json.dumps(data))
+    return tmp_path / name
+
+
+def _sections(*paths: Path) -> list:
+    docs, _ = load_results(paths)
+    return build_sections(docs, method_labels(docs))
+
+
+def test_one_corpus_fingerprint_under_two_paths_is_one_section(tmp_path: Path) -> None:
+    moved = _variant(tmp_path, SEARCH_32K / "ppl-pi-32k.json", "moved.json", options={"corpus": "/elsewhere/b.jsonl"})
+    sections = _sections(SEARCH_32K / "ppl-yarn-32k.json", moved)
+    assert len(sections) == 1
+    assert sections[0].corpora == [".device/data/books-dev.jsonl.gz", "/elsewhere/b.jsonl"]
+    assert sorted(sections[0].series) == ["pi", "yarn"]
+    out = tmp_path / "out"
+    assert_ok(run_cli("report", SEARCH_32K / "ppl-yarn-32k.json", moved, "--out", out))
+    page = (out / "report.md").read_text()
+    assert "corpus `.device/data/books-dev.jsonl.gz` / `/elsewhere/b.jsonl`" in page
+    assert "same corpus fingerprint" in page
+
+
+def test_another_fingerprint_is_another_corpus_unless_a_series_measures_the_same(tmp_path: Path) -> None:
+    changed = read_json(SEARCH_32K / "ppl-pi-32k.json")
+    for result in changed["results"].values():
+        result["corpus_fingerprint"] = "0123456789abcdef"
+    (tmp_path / "other.json").write_text(json.dumps(changed))
+    assert len(_sections(SEARCH_32K / "ppl-yarn-32k.json", tmp_path / "other.json")) == 2
+    # The committed files: the fine-tune bench read the corpus from /root/data, the search from .device/data
+    # (other fingerprints); longrope@32k measured on both gives the same numbers, so they are one corpus.
+    untuned = FINETUNE / "longrope-32k__no_fine-tune" / "ppl.json"
+    sections = _sections(SEARCH_32K / "ppl-longrope-32k-32k.json", SEARCH_32K / "ppl-pi-32k.json", untuned)
+    assert len(sections) == 1
+    assert sections[0].corpora == [".device/data/books-dev.jsonl.gz", "/root/data/books-dev.jsonl.gz"]
+    assert sections[0].corpus_note and "longrope at 8k, 16k, 32k, 64k" in sections[0].corpus_note
+    # The same files with one log-likelihood changed: nothing shows the corpora are one.
+    differs = read_json(untuned)
+    for result in differs["results"].values():
+        result["nll"] *= 1.01
+    (tmp_path / "differs.json").write_text(json.dumps(differs))
+    assert len(_sections(SEARCH_32K / "ppl-longrope-32k-32k.json", tmp_path / "differs.json")) == 2
+
+
+def test_passkey_results_of_one_options_share_a_section_and_other_options_do_not(tmp_path: Path) -> None:
+    trials = _variant(tmp_path, SEARCH_32K / "passkey-pi-32k.json", "trials.json", options={"trials": 8})
+    sections = _sections(SEARCH_32K / "passkey-yarn-32k.json", FINETUNE / "yarn-32k__fine-tuned_at_8k/passkey.json")
+    assert len(sections) == 1
+    sections = _sections(SEARCH_32K / "passkey-yarn-32k.json", trials)
+    assert [s.distinct_options for s in sections] == [{"trials": "4"}, {"trials": "8"}]
+
+
+def test_models_measured_alike_share_a_section_with_labels_naming_the_model(tmp_path: Path) -> None:
+    scaled = _variant(tmp_path, SEARCH_32K / "ppl-yarn-32k.json", "scaled.json", model="/ckpt/other")
+    files = [SEARCH_32K / f"ppl-{name}.json" for name in ("none-32k", "yarn-32k", "longrope-32k-32k")]
+    # The untuned run of the fine-tune bench shows its corpus path holds the search's corpus (see above).
+    files += [
+        FINETUNE / "longrope-32k__no_fine-tune" / "ppl.json",
+        FINETUNE / "longrope-32k__fine-tuned_at_8k" / "ppl.json",
+    ]
+    files.append(scaled)
+    sections = _sections(*files)
+    assert len(sections) == 1
+    section = sections[0]
+    assert section.models == ["smollm2-135m", "/root/fq/longrope-32k-ft8k", "/ckpt/other"]
+    # The main model's rows as in a section of its own; the others name their model.
+    assert sorted(section.series) == ["longrope", "longrope-32k-ft8k", "none", "yarn", "yarn · other"]
+    assert section.series["longrope-32k-ft8k"].key == ("/root/fq/longrope-32k-ft8k", "original")
+    out = tmp_path / "out"
+    assert_ok(run_cli("report", *files, "--out", out))
+    page = (out / "report.md").read_text()
+    assert "## Perplexity — smollm2-135m and 2 other models" in page
+    ppl = page[page.index("## Perplexity") : page.index("## Sources")]
+    assert "| method · model | 8k | 16k | 32k | 64k |" in ppl
+    rows = [row.split("|")[1].strip() for row in ppl.splitlines() if row.startswith("| ") and "---" not in row]
+    assert rows[1:] == ["none", "yarn", "longrope", "longrope-32k-ft8k", "yarn · other"]
+    tuned = read_json(FINETUNE / "longrope-32k__fine-tuned_at_8k" / "ppl.json")["results"]["8192"]["ppl"]
+    assert f"| longrope-32k-ft8k | **{tuned:.3f}** |" in ppl
+    assert len(list(out.glob("ppl-*.png"))) == 1
+
+
+def test_a_section_of_one_model_keeps_the_models_labels() -> None:
+    docs, _ = load_results(METHOD_FILES)
+    labels = method_labels(docs)
+    for section in build_sections(docs, labels):
+        assert section.models == ["smollm2-135m"]
+        assert {label: s.key for label, s in section.series.items()} == {
+            labels[label_key(doc)]: label_key(doc) for doc in docs if doc.task == section.task
+        }
