@@ -55,14 +55,10 @@ class _Tokenizer:
         return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> _Tokenizer:
-    """A byte-level BPE trained on RULER-like text: long prompts are a few thousand tokens."""
+def _byte_level_bpe(texts: list[str]) -> _Tokenizer:
+    """A byte-level BPE of 1500 tokens trained on ``texts``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    texts = [" ".join(CWE_WORDS), NOISE * 5]
-    for task in SYNTHETIC:
-        texts.extend(make_sample(task, 99, 4096, i).text(20) for i in range(3))
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -75,6 +71,15 @@ def tokenizer() -> _Tokenizer:
     )
     backend.train_from_iterator(texts, trainer)
     return _Tokenizer(backend)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> _Tokenizer:
+    """A byte-level BPE trained on RULER-like text: long prompts are a few thousand tokens."""
+    texts = [" ".join(CWE_WORDS), NOISE * 5]
+    for task in SYNTHETIC:
+        texts.extend(make_sample(task, 99, 4096, i).text(20) for i in range(3))
+    return _byte_level_bpe(texts)
 
 
 @pytest.fixture(scope="module")
@@ -564,23 +569,10 @@ def qa_resources(tmp_path_factory: pytest.TempPathFactory) -> Resources:
 def newline_tokenizer(qa_resources: Resources) -> _Tokenizer:
     """A byte-level BPE with tokens for newline runs, as GPT-2's, Llama 3's and SmolLM2's have: a qa document's
     closing "\n\n" then merges with the question's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     texts = [" ".join(CWE_WORDS), NOISE * 5, "\n\n\n\n".join(["x"] * 50)]
     for task in QA_TASKS:
         texts.extend(make_sample(task, 99, 4096, i, qa_resources).text(20) for i in range(3))
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1500,
-        min_frequency=2,
-        special_tokens=list(SPECIALS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer)
-    return _Tokenizer(backend)
+    return _byte_level_bpe(texts)
 
 
 @pytest.mark.parametrize(
