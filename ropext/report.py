@@ -856,11 +856,23 @@ def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], pat
             )
     _length_axis(ax, section.lengths)
     ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel(f"average score ({len(ruler_tasks(section))} tasks)")
+    ax.set_ylabel(f"average score ({_scored_task_count(section)} tasks)")
     ax.set_title(section.plot_title, fontsize="medium")
     ax.grid(True, alpha=0.3)
     _legend(ax, len(order))
     _save(fig, path)
+
+
+def _scored_task_count(section: Section) -> int:
+    """Tasks that have a score somewhere in the section: the average leaves unavailable ones (qa without data) out."""
+    scored = {
+        task
+        for series in section.series.values()
+        for result in series.results.values()
+        for task, entry in result.get("tasks", {}).items()
+        if entry.get("score") is not None
+    }
+    return len(scored)
 
 
 def plot_factors(

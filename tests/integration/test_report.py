@@ -281,3 +281,13 @@ def test_a_section_of_one_model_keeps_the_models_labels() -> None:
         assert {label: s.key for label, s in section.series.items()} == {
             labels[label_key(doc)]: label_key(doc) for doc in docs if doc.task == section.task
         }
+
+
+def test_ruler_average_counts_only_the_tasks_that_have_a_score() -> None:
+    # The committed CPU run lists qa_1/qa_2 as unavailable (no question data): 13 tasks, 11 of them scored.
+    from ropext.report import _scored_task_count, ruler_tasks
+
+    docs, _ = load_results(sorted((BENCH / "ruler-cpu").glob("ruler-*.json")))
+    (section,) = [s for s in build_sections(docs, method_labels(docs)) if s.task == "ruler"]
+    assert len(ruler_tasks(section)) == 13
+    assert _scored_task_count(section) == 11
