@@ -754,15 +754,7 @@ def plot_ppl(section: Section, order: list[str], styles: dict[str, Style], path:
         if not points:
             continue
         values += [p for _, p in points]
-        style = styles[label]
-        ax.plot(
-            *zip(*points, strict=True),
-            label=label,
-            color=style.color,
-            linestyle=style.linestyle,
-            marker=style.marker,
-            markersize=style.markersize,
-        )
+        _plot_series(ax, points, label, styles[label])
     _log10_axis(ax, values)
     _length_axis(ax, section.lengths)
     ax.set_ylabel("perplexity (log scale)")
@@ -770,6 +762,18 @@ def plot_ppl(section: Section, order: list[str], styles: dict[str, Style], path:
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, len(order))
     _save(fig, path)
+
+
+def _plot_series(ax: Any, points: Sequence[tuple[int, float]], label: str, style: Style) -> None:
+    """One series' values against length, in the series' report-wide style."""
+    ax.plot(
+        *zip(*points, strict=True),
+        label=label,
+        color=style.color,
+        linestyle=style.linestyle,
+        marker=style.marker,
+        markersize=style.markersize,
+    )
 
 
 def _log10_axis(ax: Any, values: Sequence[float]) -> None:
@@ -845,15 +849,7 @@ def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], pat
             if r.get("average") is not None
         )
         if points:
-            style = styles[label]
-            ax.plot(
-                *zip(*points, strict=True),
-                label=label,
-                color=style.color,
-                linestyle=style.linestyle,
-                marker=style.marker,
-                markersize=style.markersize,
-            )
+            _plot_series(ax, points, label, styles[label])
     _length_axis(ax, section.lengths)
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel(f"average score ({_scored_task_count(section)} tasks)")
