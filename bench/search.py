@@ -157,6 +157,7 @@ def search_stage(args) -> None:
                 samples=args.samples,
                 budget=budget,
                 seed=args.seed,
+                critical_floor=args.critical_floor,
             )
             journal = out.with_name(out.name + ".journal.jsonl")
 
@@ -218,6 +219,10 @@ def main() -> None:
     parser.add_argument("--searchers", default="dcis,longrope")
     parser.add_argument("--param", action="append", help="searcher parameter k=v (all searchers)")
     parser.add_argument("--longrope-budget", type=int, default=None)
+    parser.add_argument(
+        "--no-critical-floor", dest="critical_floor", action="store_false",
+        help="search without the critical floor (how bench/results/search-h100 was made)",
+    )  # fmt: skip
     parser.add_argument("--lengths", default="8k,16k,32k,64k")
     parser.add_argument("--eval-docs", type=int, default=10)
     parser.add_argument("--trials", type=int, default=4)

@@ -93,6 +93,13 @@ def search(
     sdpa_backend: Annotated[
         str, typer.Option(help="Searchers: auto, cudnn, flash, efficient, math, default.")
     ] = "auto",
+    critical_floor: Annotated[
+        bool,
+        typer.Option(
+            help="Searchers: keep pairs that never turn within the original context at factor ≥ s, so no "
+            "position up to the target has untrained angles (--no-critical-floor: the papers' bounds only)."
+        ),
+    ] = True,
     dtype: DtypeOption = "auto",
 ) -> None:
     """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
@@ -133,6 +140,7 @@ def search(
             short_length=parse_length(short_length) if short_length else None,
             attention=attention_factor,
             dtype=dtype,
+            critical_floor=critical_floor,
             engine=EngineOptions(max_batch_tokens=max_batch_tokens, sdpa_backend=sdpa_backend),
         )
         _run_searcher(request, out, journal or out.with_name(out.name + ".journal.jsonl"))

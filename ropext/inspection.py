@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ropext.critical import trained_angle_length, untrained_turn_pairs
 from ropext.disturbance import pair_disturbance, total_disturbance
 from ropext.errors import RopextError
 from ropext.scaling import RopeScaling, original_inv_freq
@@ -44,6 +45,8 @@ def describe(scaling: RopeScaling, intervals: int = 360) -> dict[str, Any]:
                 "disturbance": d,
             }
         )
+    theta, dim = scaling.rope_theta, scaling.rotary_dim
+    trained = trained_angle_length(scaling.factors, theta, dim, l0)
     return {
         "method": scaling.method,
         "original_max_position_embeddings": l0,
@@ -52,6 +55,9 @@ def describe(scaling: RopeScaling, intervals: int = 360) -> dict[str, Any]:
         "attention_factor": scaling.attention_factor,
         "start_tokens": scaling.start_tokens,
         "disturbance": total_disturbance(per_pair),
+        "untrained_turn_pairs": untrained_turn_pairs(theta, dim, l0),
+        # JSON has no infinity: None when no pair limits it.
+        "trained_angle_length": None if math.isinf(trained) else trained,
         "factors": list(scaling.factors),
         "short_factors": None if scaling.short_factors is None else list(scaling.short_factors),
         "pairs": pairs,
@@ -82,6 +88,20 @@ def render_table(scaling: RopeScaling, report: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"disturbance (1000 × mean D_i): {report['disturbance']:.2f}")
+    console.print(trained_angle_summary(report))
+
+
+def trained_angle_summary(report: dict[str, Any]) -> str:
+    """One line: up to which position every angle stays within the range pre-training saw."""
+    pairs = report["untrained_turn_pairs"]
+    if not pairs:
+        return "every pair completes a turn within the original context: no position leaves the trained angles"
+    length, target = report["trained_angle_length"], report["max_position_embeddings"]
+    verdict = "covers" if length >= target else "falls short of"
+    return (
+        f"pairs {pairs[0]}–{pairs[-1]} never complete a turn within {report['original_max_position_embeddings']}"
+        f" tokens; their angles stay trained up to position {length:,.0f}, which {verdict} the target {target:,}"
+    )
 
 
 def render_plot(scaling: RopeScaling, report: dict[str, Any], path: Path) -> None:

@@ -38,6 +38,12 @@ class SearchSpace:
     """Starting vectors, best guess first (e.g. the --from file, then PI, NTK, YaRN)."""
     start_tokens_choices: tuple[int, ...] = (0,)
     """n̂ values a searcher may try (LongRoPE only)."""
+    floors: tuple[float, ...] | None = None
+    """Lowest factor each pair may take (None: no bound beyond the searcher's own), e.g. s for the pairs
+    that never complete a turn within the original context (``ropext.critical``)."""
+
+    def floor(self, pair: int) -> float:
+        return 1.0 if self.floors is None else self.floors[pair]
 
 
 @dataclass

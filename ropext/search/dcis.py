@@ -105,7 +105,10 @@ class Dcis:
         rng = random.Random(seed)
         low = params.min_factor
         high = params.max_factor if params.max_factor is not None else 1.25 * space.scale
-        current = Candidate(tuple(min(max(x, low), high) for x in space.initial[0]))
+        lows = [max(low, space.floor(i)) for i in range(space.pairs)]
+        if max(lows) > high:
+            raise RopextError(f"dcis max_factor {high:g} is below the critical floor {max(lows):g}; raise it")
+        current = Candidate(tuple(min(max(x, lo), high) for x, lo in zip(space.initial[0], lows, strict=True)))
         score = objective([current])[0]
         history = [score]
         # (s − 1)/2 spans PI ± half its distance from the original; a floor keeps short-context
@@ -120,7 +123,7 @@ class Dcis:
                 for v in increments(rng, params.candidates, half_width, params.spacing):
                     factors = list(current.factors)
                     for i in range(start, stop):
-                        factors[i] = min(max(factors[i] + v, low), high)
+                        factors[i] = min(max(factors[i] + v, lows[i]), high)
                     proposals.append(Candidate(tuple(factors)))
                 scores = objective(proposals)
                 requested += len(proposals)

@@ -1,14 +1,17 @@
 """LongRoPE's evolutionary search (Ding et al.; microsoft/LongRoPE) of monotone factors and n̂.
 
 Individuals are non-decreasing factor vectors on a 0.01 grid in [1, 1.25·s] plus n̂ from a fixed
-set. The first population holds the seed vectors (the --from file, PI, NTK, YaRN) and mutations of
-them; every iteration keeps the best ``parents`` and adds ``mutations`` mutants and ``crossovers``
-children, each new (never evaluated before) and monotone.
+set; with the critical floor (``SearchSpace.floors``, on by default in ``ropext search``) the pairs
+that never turn within the original context stay at s or above. The first population holds the seed
+vectors (the --from file, PI, NTK, YaRN) and mutations of them; every iteration keeps the best
+``parents`` and adds ``mutations`` mutants and ``crossovers`` children, each new (never evaluated
+before) and monotone.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -87,6 +90,8 @@ class LongRope:
             raise RopextError("longrope needs parents >= 2 and population >= parents")
         rng = random.Random(seed)
         grid = _Grid(params.step, 1.0, params.max_ratio * space.scale)
+        # Rounded up, so that a floor between grid points is never undercut.
+        floor = [min(math.ceil((space.floor(i) - 1.0) / params.step - 1e-9), grid.top) for i in range(space.pairs)]
         choices = tuple(space.start_tokens_choices) if params.search_start_tokens else (0,)
         scores: dict[tuple[tuple[int, ...], int], float] = {}
 
@@ -102,7 +107,7 @@ class LongRope:
                 child = list(parent[0])
                 for i in range(len(child)):
                     if rng.random() < params.mutation_prob:
-                        lo = child[i - 1] if i > 0 else 0
+                        lo = max(child[i - 1] if i > 0 else 0, floor[i])
                         hi = parent[0][i + 1] if i + 1 < len(child) else grid.top
                         child[i] = rng.randint(lo, max(lo, hi))
                 start = rng.choice(choices) if rng.random() < params.mutation_prob else parent[1]
@@ -124,7 +129,7 @@ class LongRope:
 
         seeds = []
         for vector in space.initial:
-            indices = [grid.index(x) for x in vector]
+            indices = [max(grid.index(x), floor[i]) for i, x in enumerate(vector)]
             for i in range(1, len(indices)):  # the grid and the bounds may break monotonicity; restore it
                 indices[i] = max(indices[i], indices[i - 1])
             seeds.append((tuple(indices), 0))

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ropext import __version__
+from ropext.critical import critical_floors
 from ropext.data.corpus import open_corpus
 from ropext.data.tokenized import tokenize_corpus
 from ropext.errors import RopextError
@@ -47,6 +48,9 @@ class SearchRequest:
     attention: str | None = None
     """``yarn``, ``longrope``, ``none`` or a number; default per searcher."""
     dtype: str | None = None
+    critical_floor: bool = True
+    """Keep the factors of pairs that never complete a turn within the original context at s or above
+    (``ropext.critical``), so no position up to the target reaches an angle unseen in training."""
     engine: EngineOptions = field(default_factory=EngineOptions)
 
 
@@ -166,6 +170,9 @@ def run_search(
         "short": short,
         "from": base.to_dict() if base is not None else None,
     }
+    if request.critical_floor and not short:
+        # Only when on: journals written before the floor existed resume under --no-critical-floor.
+        identity["critical_floor"] = True
     replicas = []
     for device in devices:
         model = load_model(source, device=device, dtype=resolve_dtype(request.dtype, device))
@@ -260,6 +267,7 @@ def run_search(
         attention=attention_spec,
         started_from=str(request.start_from) if request.start_from else None,
         short_search=short,
+        critical_floor=request.critical_floor and not short,
     )
 
 
@@ -311,4 +319,8 @@ def _space(
     for name in names:
         method = METHODS.get(name)
         seeds.append(method.run(layout, request.target_length, method.params()).factors)
-    return SearchSpace(layout.pairs, scale, tuple(seeds), START_TOKEN_CHOICES)
+    floors = None
+    if request.critical_floor:
+        l0 = layout.original_max_position_embeddings
+        floors = critical_floors(layout.rope_theta, layout.rotary_dim, l0, scale)
+    return SearchSpace(layout.pairs, scale, tuple(seeds), START_TOKEN_CHOICES, floors)

@@ -18,6 +18,7 @@ import yaml
 from integration_support import (
     HEAD_DIM,
     ORIGINAL_CONTEXT,
+    ROPE_THETA,
     CliResult,
     CorpusFiles,
     assert_clean_error,
@@ -25,6 +26,7 @@ from integration_support import (
     run_cli,
 )
 
+from ropext.critical import untrained_turn_pairs
 from ropext.scaling import RopeScaling
 
 PAIRS = HEAD_DIM // 2
@@ -81,7 +83,10 @@ def assert_one_clean_error(result: CliResult, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def dcis(tiny_model: Path, corpus_files: CorpusFiles, tmp_path_factory: pytest.TempPathFactory) -> Searched:
     out = tmp_path_factory.mktemp("dcis") / "f.yaml"
-    result = run_cli(*search_args(tiny_model, corpus_files.folder, out, "--param", "candidates=2"))
+    # Without the critical floor, no candidate is clipped onto another, so the evaluation count is exact.
+    result = run_cli(
+        *search_args(tiny_model, corpus_files.folder, out, "--param", "candidates=2", "--no-critical-floor")
+    )
     assert_ok(result)
     return Searched(out, journal_of(out), RopeScaling.load(out), result)
 
@@ -107,6 +112,7 @@ def test_search_writes_yaml_with_provenance(dcis: Searched, tiny_model: Path, co
     assert prov["evaluations"] == DCIS_EVALUATIONS
     assert prov["stopped_by_budget"] is False
     assert prov["replayed_evaluations"] == 0
+    assert prov["critical_floor"] is False
     assert math.isfinite(prov["score"]) and prov["score"] > 1
     # Factors within DCIS's default bounds [1, 1.25·s].
     assert all(1.0 <= x <= 1.25 * 4 for x in scaling.factors)
@@ -131,8 +137,11 @@ def test_rerun_replays_everything(dcis: Searched, tiny_model: Path, corpus_files
     journal = tmp_path / "copied.journal.jsonl"
     journal.write_bytes(dcis.journal.read_bytes())
     result = run_cli(
-        *search_args(tiny_model, corpus_files.folder, out, "--param", "candidates=2", "--journal", str(journal))
-    )
+        *search_args(
+            tiny_model, corpus_files.folder, out, "--param", "candidates=2", "--no-critical-floor",
+            "--journal", str(journal),
+        )
+    )  # fmt: skip
     assert_ok(result)
     again = RopeScaling.load(out)
     assert again.factors == dcis.scaling.factors
@@ -229,6 +238,32 @@ def test_budget_stops_after_that_many_evaluations(tiny_model: Path, corpus_files
     assert "--budget" in result.stdout
 
 
+# --------------------------------------------------------------------------- critical floor
+
+
+def test_searches_keep_untrained_turn_pairs_at_s_by_default(
+    tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    # theta 1e4, 8 pairs, L0 = 256: pairs 4–7 (wavelengths 628 … 19,869) never turn within L0.
+    critical = untrained_turn_pairs(ROPE_THETA, HEAD_DIM, ORIGINAL_CONTEXT)
+    assert critical == [4, 5, 6, 7]
+    out = tmp_path / "floored.yaml"
+    args = search_args(tiny_model, corpus_files.folder, out, "--budget", "40")
+    assert_ok(run_cli(*[a if a != "dcis" else "longrope" for a in args]))
+    scaling = RopeScaling.load(out)
+    assert scaling.provenance["critical_floor"] is True
+    _, records = read_journal(journal_of(out))
+    assert len(records) == 40
+    # Every candidate scored, not only the winner, kept them at s = 1024 / 256 or above.
+    assert all(r["factors"][i] >= 4.0 for r in records for i in critical)
+    assert any(r["factors"][0] < 4.0 for r in records)  # the other pairs were free to move
+    result = run_cli("inspect", out, "--json")
+    assert_ok(result)
+    inspected = json.loads(result.stdout)
+    assert inspected["untrained_turn_pairs"] == critical
+    assert inspected["trained_angle_length"] >= 1024
+
+
 # --------------------------------------------------------------------------- short factors
 
 
@@ -323,7 +358,8 @@ def test_two_processes_under_torchrun_find_what_one_process_finds(
     # Two CPU processes (gloo) split every call's batches; rows are summed in the same order, so the
     # search takes the same steps and ends with bit-identical factors; only rank 0 writes the journal.
     out = tmp_path / "two.yaml"
-    args = [str(a) for a in search_args(tiny_model, corpus_files.folder, out, "--param", "candidates=2")]
+    extra = ("--param", "candidates=2", "--no-critical-floor")
+    args = [str(a) for a in search_args(tiny_model, corpus_files.folder, out, *extra)]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ropext", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from ropext.errors import RopextError
 from ropext.search.base import Candidate, SearchResult, SearchSpace
 from ropext.search.dcis import DCIS, DcisParams, level_count, segments
 from ropext.search.longrope import LONGROPE, START_TOKEN_CHOICES, LongRopeParams
@@ -191,8 +192,6 @@ def test_dcis_grid_spacing_is_deterministic_and_symmetric() -> None:
 
 
 def test_dcis_rejects_bad_parameters() -> None:
-    from ropext.errors import RopextError
-
     with pytest.raises(RopextError, match="candidates >= 1"):
         run_dcis(8, split_target(8), candidates=0)
     with pytest.raises(RopextError, match="spacing"):
@@ -312,12 +311,48 @@ def test_longrope_is_deterministic_for_a_seed() -> None:
 
 
 def test_longrope_rejects_too_few_parents() -> None:
-    from ropext.errors import RopextError
-
     with pytest.raises(RopextError, match="parents"):
         run_longrope(parents=1)
     with pytest.raises(RopextError, match="parents"):
         run_longrope(population=4, parents=8)
+
+
+# --------------------------------------------------------------------------- floors (critical pairs)
+
+FLOORS = tuple([1.0] * 8 + [SCALE + 0.005] * 8)
+"""s (off the 0.01 grid, to check rounding up) for the upper half; the objective pulls everything to 1."""
+
+
+def floored_space(initial: tuple[tuple[float, ...], ...]) -> SearchSpace:
+    return SearchSpace(LONGROPE_PAIRS, SCALE, initial, START_TOKEN_CHOICES, FLOORS)
+
+
+def respects_floors(candidate: Candidate) -> bool:
+    return all(x >= floor for x, floor in zip(candidate.factors, FLOORS, strict=True))
+
+
+def test_longrope_never_proposes_below_the_floors() -> None:
+    recorder = Recorder(squared_distance([1.0] * LONGROPE_PAIRS))
+    space = floored_space(longrope_space().initial)  # seeds below the floors are raised to them
+    result = LONGROPE.run(recorder, space, LongRopeParams(population=16, parents=8, iterations=10), seed=0)
+    assert all(respects_floors(c) for c in recorder.candidates)
+    # Pulled towards 1, the floored half ends at the first grid point above its floor; the rest falls below s.
+    assert result.best.factors[8:] == tuple([SCALE + 0.01] * 8)
+    assert max(result.best.factors[:8]) < SCALE
+
+
+def test_dcis_never_proposes_below_the_floors() -> None:
+    recorder = Recorder(squared_distance([1.0] * LONGROPE_PAIRS))
+    result = DCIS.run(recorder, floored_space((tuple([2.0] * LONGROPE_PAIRS),)), DcisParams(), seed=0)
+    assert all(respects_floors(c) for c in recorder.candidates)
+    assert result.best.factors[8:] == FLOORS[8:]
+    assert max(result.best.factors[:8]) < 2.0
+
+
+def test_dcis_rejects_a_ceiling_below_the_floors() -> None:
+    space = floored_space((tuple([2.0] * LONGROPE_PAIRS),))
+    with pytest.raises(RopextError, match="critical floor"):
+        DCIS.run(Recorder(lambda c: 0.0), space, DcisParams(max_factor=3.0), 0)
 
 
 # --------------------------------------------------------------------------- Candidate.key
