@@ -627,6 +627,8 @@ def _provenance_summary(provenance: dict[str, Any]) -> str:
             text += f", {provenance['evaluations']} evaluations"
         if isinstance(provenance.get("score"), int | float):
             text += f", search ppl {provenance['score']:.4g}"
+        if provenance.get("critical_floor"):
+            text += ", critical floor"
         return text
     return "closed form" + (f" ({shown})" if shown else "")
 

@@ -291,3 +291,15 @@ def test_ruler_average_counts_only_the_tasks_that_have_a_score() -> None:
     (section,) = [s for s in build_sections(docs, method_labels(docs)) if s.task == "ruler"]
     assert len(ruler_tasks(section)) == 13
     assert _scored_task_count(section) == 11
+
+
+def test_scalings_table_says_how_each_search_was_made() -> None:
+    from ropext.report import _provenance_summary
+
+    floored = load_results([BENCH / "critical-floor-h100" / "ppl-longrope-32k-floor.json"])[0][0]
+    unfloored = load_results([SEARCH_32K / "ppl-longrope-32k-32k.json"])[0][0]
+    assert _provenance_summary(floored.scaling["provenance"]) == (
+        "search by longrope, 374 evaluations, search ppl 35.57, critical floor"
+    )
+    unfloored_summary = _provenance_summary(unfloored.scaling["provenance"])
+    assert unfloored_summary == "search by longrope, 374 evaluations, search ppl 35.02"
