@@ -1046,8 +1046,7 @@ def _section_part(section: Section, order: list[SeriesKey], styles: dict[SeriesK
     lines = [f"## {section.title}", "", *_section_header(section)]
     if not section.lengths:
         return [*lines, "No finished lengths in these files yet.", ""]
-    distinct = "".join(f"-{k}-{v}" for k, v in section.distinct_options.items())
-    path = plots.path(_slug(f"{section.task}-{short_model(section.model)}{distinct}"))
+    path = plots.path(_plot_stem(section))
     if section.task == "ppl":
         lines += ["Perplexity of the first L tokens (lower is better; best per length in bold):", ""]
         lines += [ppl_table(section, section_order), ""]
@@ -1113,6 +1112,17 @@ def _same_layout(scalings: dict[str, dict[str, Any]], order: list[str]) -> list[
         s = scalings[label]
         groups.setdefault((s["rope_theta"], s["rotary_dim"], s["original_max_position_embeddings"]), []).append(label)
     return list(groups.values())
+
+
+def _plot_stem(section: Section) -> str:
+    """``ppl-smollm2-135m-skip_docs-5``: the task, the model and the options that set the section apart, a
+    corpus by its file names (the title keeps the full paths)."""
+    parts = [section.task, short_model(section.model)]
+    for name, text in section.distinct_options.items():
+        if name == "corpus" and section.corpora:
+            text = "-".join(dict.fromkeys(Path(path).name for path in section.corpora))
+        parts += [name, text]
+    return _slug("-".join(parts))
 
 
 def _slug(text: str) -> str:

@@ -303,3 +303,17 @@ def test_scalings_table_says_how_each_search_was_made() -> None:
     )
     unfloored_summary = _provenance_summary(unfloored.scaling["provenance"])
     assert unfloored_summary == "search by longrope, 374 evaluations, search ppl 35.02"
+
+
+def test_plots_of_two_corpora_are_named_by_the_corpus_files(tmp_path: Path) -> None:
+    other = read_json(SEARCH_32K / "ppl-pi-32k.json")
+    other["options"]["corpus"] = "/elsewhere/data/b.jsonl"
+    for result in other["results"].values():
+        result["corpus_fingerprint"] = "0123456789abcdef"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    out = tmp_path / "out"
+    assert_ok(run_cli("report", SEARCH_32K / "ppl-yarn-32k.json", tmp_path / "other.json", "--out", out))
+    assert sorted(p.name for p in out.glob("ppl-*.png")) == [
+        "ppl-smollm2-135m-corpus-b.jsonl.png",
+        "ppl-smollm2-135m-corpus-books-dev.jsonl.gz.png",
+    ]
