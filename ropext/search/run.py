@@ -170,7 +170,7 @@ def run_search(
         "short": short,
         "from": base.to_dict() if base is not None else None,
     }
-    if request.critical_floor and not short:
+    if space.floors is not None:
         # Only when on: journals written before the floor existed resume under --no-critical-floor.
         identity["critical_floor"] = True
     replicas = []
@@ -267,7 +267,7 @@ def run_search(
         attention=attention_spec,
         started_from=str(request.start_from) if request.start_from else None,
         short_search=short,
-        critical_floor=request.critical_floor and not short,
+        critical_floor=space.floors is not None,
     )
 
 
