@@ -76,8 +76,12 @@ def eval_run(
     from ropext.cli import _prepare, _print_table, _run_task
     from ropext.commands.ruler_command import _score_table
     from ropext.lengths import parse_lengths
+    from ropext.paths import check_output_file, check_output_folder
 
     names = _task_names(tasks)
+    check_output_folder(json_dir, "--json-dir")
+    for name in names if json_dir is not None else ():
+        check_output_file(json_dir / f"{name}.json", "--json-dir")
     length_text = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
     task_lengths = {name: tuple(parse_lengths(length_text[name] or lengths)) for name in names}
     # Every option is checked before the model is loaded.

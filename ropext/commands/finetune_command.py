@@ -74,10 +74,12 @@ def finetune(
 ) -> None:
     """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
     from ropext.lengths import format_length, parse_length
+    from ropext.paths import check_output_folder
     from ropext.registry import load_plugins
     from ropext.train.trainer import FinetuneRequest, Interrupted, launcher_world, plan_finetune, run_finetune
 
     load_plugins()
+    check_output_folder(out, "--out")
     length = parse_length(train_length)
     request = FinetuneRequest(
         model=model,

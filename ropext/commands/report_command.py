@@ -17,8 +17,10 @@ def report(
     title: Annotated[str, typer.Option(help="Heading of the page.")] = "ropext report",
 ) -> None:
     """One Markdown page (DIR/report.md, plots beside it): perplexity, passkey, RULER and the factors compared."""
+    from ropext.paths import check_output_folder
     from ropext.report import write_report
 
+    check_output_folder(out, "--out")
     results = results or []  # none given: write_report names the problem in one line
     written = write_report(results, out, title=title)
     skipped = f"; skipped {len(written.skipped)} comparison summaries" if written.skipped else ""

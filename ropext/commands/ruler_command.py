@@ -54,8 +54,10 @@ def eval_ruler(
     """RULER scores per task and length, and their average (greedy decoding)."""
     from ropext.cli import _prepare, _print_table, _run_task
     from ropext.lengths import parse_lengths
+    from ropext.paths import check_output_file
 
     # Bad input fails here, before the model is loaded.
+    check_output_file(json_out, "--json")
     options = ruler_options(
         tuple(parse_lengths(lengths)), tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
     )
