@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 DYNAMIC_METHOD = "dynamic"
+FACTOR_RANGE = (1e-3, 1e6)
+"""Bounds of every λ_i (docs/decisions.md). Far outside them the scaled wavelengths leave float32's useful
+range (1e-300 divides the frequencies into inf and perplexity into NaN; 1e308 rounds a wavelength to
+inf), while every published method stays well inside: a factor λ stretches a wavelength λ times, and
+1e6 stretches a 4k-token context to 4 billion."""
+ATTENTION_FACTOR_RANGE = (1e-2, 1e2)
+"""Bounds of ``attention_factor``: it multiplies cos and sin, so attention logits by its square (YaRN at
+s = 1e6 gives 2.4)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,11 @@ class RopeScaling:
         if not path.is_file():
             raise RopextError(f"factors file {path} does not exist; create one with `ropext search ... --out {path}`")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise RopextError(
+                f"{path} is not a text file (not UTF-8); give the scaling YAML that `ropext search --out` writes"
+            ) from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -249,11 +261,18 @@ def _validate(s: RopeScaling) -> None:
             len(vector) == s.rotary_dim // 2,
             f"{key} has {len(vector)} entries but rotary_dim {s.rotary_dim} needs {s.rotary_dim // 2}",
         )
+        low, high = FACTOR_RANGE
         for i, x in enumerate(vector):
             need(math.isfinite(x) and x > 0, f"{key}[{i}] is {x!r}; every factor must be a positive number")
+            need(low <= x <= high, f"{key}[{i}] is {x!r}; every factor must lie in [{low:g}, {high:g}]")
     need(
         _is_number(s.attention_factor) and math.isfinite(s.attention_factor) and s.attention_factor > 0,
         f"attention_factor must be a positive number, got {s.attention_factor!r}",
+    )
+    low, high = ATTENTION_FACTOR_RANGE
+    need(
+        low <= s.attention_factor <= high,
+        f"attention_factor is {s.attention_factor!r}; it must lie in [{low:g}, {high:g}]",
     )
     need(
         isinstance(s.start_tokens, int) and not isinstance(s.start_tokens, bool) and s.start_tokens >= 0,

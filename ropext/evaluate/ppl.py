@@ -180,6 +180,13 @@ def evaluate_perplexity(
             prepared.device,
             on_window=lambda length=length: tracker.advance(f"ppl {prepared.label} @ {format_length(length)}"),
         )
+        if not math.isfinite(result.nll):
+            # Never write NaN or inf as a result; the lengths finished before this one are already saved.
+            raise RopextError(
+                f"perplexity at length {length} ({format_length(length)}) is not finite (total NLL {result.nll}): "
+                "the model's outputs overflowed; check the scaling with `ropext inspect FILE` or evaluate with "
+                "--dtype fp32 (results of lengths finished before it are kept)"
+            )
         results[str(length)] = result.to_dict() | identity
         tracker.finished(str(length), results[str(length)])
     return {str(length): results[str(length)] for length in options.lengths}

@@ -18,7 +18,7 @@ from ropext.model.layout import RotaryLayout
 from ropext.scaling import YAML_KEYS, RopeScaling
 
 # Values that stress float round trips: non-monotone, non-terminating binary fractions, tiny and huge.
-ODD_FACTORS = (1.0, 3.7, 0.1 + 0.2, 1 / 3, 1e-7, 123456789.123, 2.5, math.pi)
+ODD_FACTORS = (1.0, 3.7, 0.1 + 0.2, 1 / 3, 1.0000000000000002e-3, 987654.3210987654, 2.5, math.pi)
 
 
 def _scaling(**changes: Any) -> RopeScaling:
@@ -144,6 +144,12 @@ def test_null_provenance_loads_as_empty_mapping() -> None:
         ({"attention_factor": 0.0}, ["attention_factor must be a positive number"]),
         ({"attention_factor": float("nan")}, ["attention_factor must be a positive number"]),
         ({"start_tokens": -1}, ["start_tokens must be an integer >= 0"]),
+        ({"factors": (1.0e-300, *(1.0,) * 7)}, ["factors[0] is 1e-300", "[0.001, 1e+06]"]),
+        ({"factors": (*(1.0,) * 7, 1.0e308)}, ["factors[7] is 1e+308", "[0.001, 1e+06]"]),
+        ({"factors": (1.0, 9.9e-4, *(1.0,) * 6)}, ["factors[1] is 0.00099", "[0.001, 1e+06]"]),
+        ({"short_factors": (1.0, 1.1e6, *(1.0,) * 6)}, ["short_factors[1] is 1100000.0", "[0.001, 1e+06]"]),
+        ({"attention_factor": 1e-300}, ["attention_factor is 1e-300", "[0.01, 100]"]),
+        ({"attention_factor": 101.0}, ["attention_factor is 101.0", "[0.01, 100]"]),
         ({"method": "dynamic"}, ["dynamic scaling", "no short_factors or start_tokens"]),
     ],
 )
@@ -343,4 +349,20 @@ def test_a_file_without_schema_version_reports_the_missing_key(tmp_path) -> None
         "max_position_embeddings: 16\nfactors: [2.0, 2.0]\n"
     )
     with pytest.raises(RopextError, match="missing key 'schema_version'"):
+        RopeScaling.load(path)
+
+
+def test_factors_at_the_bounds_are_accepted_and_inspect_stays_finite() -> None:
+    from ropext.inspection import describe
+
+    edge = _scaling(factors=(1e-3, 1e6, 1.0, 1.0, 1.0, 1.0, 1.0, 1e6), short_factors=None, attention_factor=100.0)
+    report = describe(edge, intervals=36)
+    assert math.isfinite(report["disturbance"])
+    assert all(math.isfinite(pair["scaled_wavelength"]) for pair in report["pairs"])
+
+
+def test_binary_file_as_yaml_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "image.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
+    with pytest.raises(RopextError, match=r"image.yaml is not a text file \(not UTF-8\)"):
         RopeScaling.load(path)
