@@ -106,7 +106,14 @@ def search(
     from ropext.lengths import parse_length
     from ropext.methods import METHODS
     from ropext.model.sdpa import SDPA_BACKENDS
+    from ropext.paths import check_output_file
 
+    check_output_file(out, "--out")
+    if start_from is not None and start_from.resolve() == out.resolve():
+        raise RopextError(
+            f"--out {out} is the --from file: the search would overwrite its own starting factors; "
+            "write to another file, e.g. --out " + str(out.with_name(out.stem + "-extended" + out.suffix))
+        )
     if sdpa_backend not in SDPA_BACKENDS:
         raise RopextError(f"unknown --sdpa-backend {sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
     from ropext.model.loading import load_layout
@@ -123,8 +130,13 @@ def search(
             raise RopextError(f"searcher {method} needs --corpus (the text whose perplexity guides it)")
         if samples < 1:
             raise RopextError(f"--samples must be at least 1, got {samples}")
+        from ropext.model.device import check_device
+
+        chosen_devices = tuple(check_device(d, "--devices") for d in (devices or "").split(",") if d.strip())
         if start_from is not None and not start_from.is_file():
             raise RopextError(f"--from file {start_from} does not exist")
+        journal = journal or out.with_name(out.name + ".journal.jsonl")
+        check_output_file(journal, "--journal")
         request = SearchRequest(
             model=model,
             searcher=method,
@@ -135,7 +147,7 @@ def search(
             skip_docs=skip_docs,
             budget=budget,
             seed=seed,
-            devices=tuple(d.strip() for d in (devices or "").split(",") if d.strip()),
+            devices=chosen_devices,
             start_from=start_from,
             short_length=parse_length(short_length) if short_length else None,
             attention=attention_factor,
@@ -143,7 +155,7 @@ def search(
             critical_floor=critical_floor,
             engine=EngineOptions(max_batch_tokens=max_batch_tokens, sdpa_backend=sdpa_backend),
         )
-        _run_searcher(request, out, journal or out.with_name(out.name + ".journal.jsonl"))
+        _run_searcher(request, out, journal)
         return
     chosen = METHODS.get(method)  # unknown names fail before the model is touched
     params = chosen.parse_params(param or [])
@@ -211,6 +223,10 @@ def _prepare(
     load_plugins()
     if factors is not None and not factors.is_file():
         raise RopextError(f"factors file {factors} does not exist")
+    if device is not None:
+        from ropext.model.device import check_device
+
+        device = check_device(device)
     layout = load_layout(model)
     target = parse_length(target_length) if target_length is not None else None
     scaling = choose_scaling(layout[1], factors, method, target, param)
@@ -278,7 +294,9 @@ def eval_ppl(
     """Perplexity on the first L tokens of long documents (or sliding windows), per length."""
     from ropext.evaluate.ppl import PerplexityOptions
     from ropext.lengths import parse_lengths
+    from ropext.paths import check_output_file
 
+    check_output_file(json_out, "--json")
     options = PerplexityOptions(
         corpus=corpus,
         lengths=tuple(parse_lengths(lengths)),
@@ -312,7 +330,9 @@ def eval_passkey(
 ) -> None:
     """Pass-key retrieval accuracy per length and depth (greedy decoding)."""
     from ropext.lengths import parse_lengths
+    from ropext.paths import check_output_file
 
+    check_output_file(json_out, "--json")
     options = passkey_options(tuple(parse_lengths(lengths)), depths, trials, seed)
     prepared = _prepare(model, factors, method, target_length, param, device, dtype)
     document = _run_task("passkey", prepared, options, json_out)
@@ -354,8 +374,10 @@ def inspect(
 ) -> None:
     """Per-pair factors, wavelengths and regimes, and the rotary-angle disturbance of a scaling."""
     from ropext.inspection import describe, render_plot, render_table
+    from ropext.paths import check_output_file
     from ropext.scaling import RopeScaling
 
+    check_output_file(plot, "--plot")
     scaling = RopeScaling.load(factors)
     report = describe(scaling, intervals=intervals)
     if plot is not None:

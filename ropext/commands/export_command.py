@@ -24,8 +24,13 @@ def export(
 ) -> None:
     """Write the model rescaled by --factors as a Hugging Face folder whose config carries the scaling natively."""
     from ropext.export import YAML_NAME, export_model
+    from ropext.paths import check_output_folder
     from ropext.scaling import RopeScaling
 
+    check_output_folder(out, "--out", staged_beside=True)
+    from ropext.model.device import check_device
+
+    device = check_device(device)
     if not factors.is_file():
         raise RopextError(f"factors file {factors} does not exist")
     scaling = RopeScaling.load(factors)
