@@ -92,8 +92,13 @@ def _local_files(path: Path) -> list[Path]:
 def _dataset_texts(dataset, name: str) -> Iterator[str]:
     if TEXT_FIELD not in dataset.column_names:
         raise RopextError(f"corpus {name} has no {TEXT_FIELD!r} field (fields: {', '.join(dataset.column_names)})")
-    for record in dataset:
+    for number, record in enumerate(dataset, start=1):
         text = record[TEXT_FIELD]
+        if text is not None and not isinstance(text, str):
+            raise RopextError(
+                f"corpus {name}: record {number} has a {TEXT_FIELD!r} of type {type(text).__name__} "
+                f"({str(text)[:40]}), not a string; every document's {TEXT_FIELD!r} must be text"
+            )
         if text:
             yield text
 
@@ -120,7 +125,10 @@ def local_corpus(spec: str) -> Corpus:
                     **extra,
                 )
             except Exception as err:  # datasets raises many types for unreadable files
-                raise RopextError(f"cannot read corpus {spec}: {str(err).splitlines()[0]}") from None
+                from ropext.data.diagnose import first_problem, one_line
+
+                problem = first_problem(builder, data_files, TEXT_FIELD)
+                raise RopextError(problem or f"cannot read corpus {spec}: {one_line(err)}") from None
             yield from _dataset_texts(dataset, spec)
 
     return Corpus(spec, _files_fingerprint("local", files), read)

@@ -58,7 +58,8 @@ def resolve(spec: str) -> ModelSource:
 
 
 def _hub_errors(source: ModelSource, err: Exception) -> RopextError:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    # Every line of the message, joined: transformers often puts the useful part after the first one.
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
     if source.is_local:
         return RopextError(f"cannot read model {source.spec}: {text}")
     return RopextError(
@@ -147,10 +148,25 @@ def load_tokenizer(source: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
     source = materialize(source)
+    if source.is_local and not source.gguf_file:
+        _require_tokenizer_files(Path(source.path))
     try:
         return AutoTokenizer.from_pretrained(source.path, **source.pretrained_kwargs())
     except (OSError, ValueError, KeyError) as err:
         raise _hub_errors(source, err) from None
+
+
+# Files from which transformers builds a tokenizer: fast (tokenizer.json), SentencePiece (*.model) or
+# vocabulary-based (vocab.json + merges.txt, vocab.txt).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "*.model", "vocab.json", "vocab.txt", "merges.txt")
+
+
+def _require_tokenizer_files(folder: Path) -> None:
+    if not any(any(folder.glob(pattern)) for pattern in _TOKENIZER_FILES):
+        raise RopextError(
+            f"model folder {folder} has no tokenizer (none of tokenizer.json, tokenizer.model, vocab.json or "
+            "vocab.txt); copy the tokenizer files of the model it came from into it (tokenizer.save_pretrained)"
+        )
 
 
 def default_device() -> str:
