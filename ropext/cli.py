@@ -182,6 +182,7 @@ def _run_searcher(request, out: Path, journal: Path) -> None:
     from ropext.search.run import run_search
 
     source, layout = load_layout(request.model)
+    _check_search_fits(request, source)
     if int(os.environ.get("RANK", "0")) != 0:
         # Another process of a torchrun launch: it scores its share; rank 0 reports and writes the file.
         run_search(request, source, layout, journal, None)
@@ -206,6 +207,16 @@ def _run_searcher(request, out: Path, journal: Path) -> None:
     )
 
 
+def _check_search_fits(request, source) -> None:
+    """A target length whose windows cannot fit on the search's device fails before the model loads."""
+    from ropext.model.loading import default_device, load_config, resolve_dtype
+    from ropext.model.memory import check_lengths_fit
+
+    device = request.devices[0] if request.devices else default_device()
+    lengths = [request.target_length, *([request.short_length] if request.short_length else [])]
+    check_lengths_fit(lengths, load_config(source), device, resolve_dtype(request.dtype, device), "--target-length")
+
+
 def _prepare(
     model: str,
     factors: Path | None,
@@ -214,7 +225,10 @@ def _prepare(
     param: list[str] | None,
     device: str | None,
     dtype: str,
+    lengths: tuple[int, ...] = (),
 ):
+    """The model ready to evaluate; every check that needs no weights (device, scaling, whether ``lengths``
+    can fit in memory) runs before they load."""
     from ropext.lengths import parse_length
     from ropext.model.loading import load_layout
     from ropext.model.prepared import choose_scaling, prepare_model
@@ -230,6 +244,12 @@ def _prepare(
     layout = load_layout(model)
     target = parse_length(target_length) if target_length is not None else None
     scaling = choose_scaling(layout[1], factors, method, target, param)
+    if lengths:
+        from ropext.model.loading import default_device, load_config, resolve_dtype
+        from ropext.model.memory import check_lengths_fit
+
+        chosen = device or default_device()
+        check_lengths_fit(lengths, load_config(layout[0]), chosen, resolve_dtype(dtype, chosen))
     with _console().status(f"loading {model}"):
         prepared = prepare_model(model, scaling, device=device, dtype=dtype, layout=layout)
     return prepared
@@ -308,7 +328,7 @@ def eval_ppl(
     )
     if mode not in ("truncate", "sliding"):
         raise RopextError(f"unknown --mode {mode!r}; use truncate or sliding")
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
     document = _run_task("ppl", prepared, options, json_out)
     _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
 
@@ -334,7 +354,7 @@ def eval_passkey(
 
     check_output_file(json_out, "--json")
     options = passkey_options(tuple(parse_lengths(lengths)), depths, trials, seed)
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
     document = _run_task("passkey", prepared, options, json_out)
     _print_table(document, ("accuracy", "depths"))
 

@@ -94,7 +94,8 @@ def eval_run(
         options["ruler"] = ruler_options(
             task_lengths["ruler"], ruler_tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
         )
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    every_length = tuple(sorted({length for chosen in task_lengths.values() for length in chosen}))
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, every_length)
     for name in names:
         json_path = json_dir / f"{name}.json" if json_dir is not None else None
         document = _run_task(name, prepared, options[name], json_path)

@@ -61,7 +61,7 @@ def eval_ruler(
     options = ruler_options(
         tuple(parse_lengths(lengths)), tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
     )
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype)
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
     document = _run_task("ruler", prepared, options, json_out)
     table, columns = _score_table(document)
     _print_table(table, columns)
