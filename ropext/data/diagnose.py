@@ -20,7 +20,7 @@ def first_problem(builder: str, files: Iterable[str], text_field: str = TEXT_FIE
     """The first thing wrong with ``files`` read by ``builder`` (json, text, parquet), or None."""
     for name in files:
         path = Path(name)
-        if path.stat().st_size == 0:
+        if path.stat().st_size == 0 and builder != "text":  # an empty .txt file is an empty document, skipped
             return f"corpus file {path} is empty; remove it or give it documents"
         if builder == "text":
             problem = _not_utf8(path)
@@ -75,11 +75,14 @@ def _json_problem(path: Path, text_field: str) -> str | None:
         return f"corpus file {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})"
     if not text.strip():
         return f"corpus file {path} holds no records; remove it or give it documents"
+    lines_only = path.name.lower().removesuffix(".gz").endswith(".jsonl")
     try:  # a .json file may hold one document: a list of records or a mapping of columns
-        whole = json.loads(text)
+        whole = None if lines_only else json.loads(text)
     except json.JSONDecodeError:
-        pass
-    else:
+        whole = None
+    if whole is not None:
+        if isinstance(whole, dict) and isinstance(whole.get(text_field), list):  # columns: {"text": [...]}
+            whole = [{text_field: value} for value in whole[text_field]]
         records = whole if isinstance(whole, list) else [whole]
         return _record_problem(path, enumerate(records, start=1), text_field, "record")
     return _record_problem(path, _lines(path, text), text_field, "line")
