@@ -75,6 +75,7 @@ def eval_run(
     """Several tasks with one model load: ppl, passkey and/or ruler, each with its own result file."""
     from ropext.cli import _prepare, _print_table, _run_task
     from ropext.commands.ruler_command import _score_table
+    from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
     from ropext.lengths import parse_lengths
     from ropext.paths import check_output_file, check_output_folder
 
@@ -94,8 +95,11 @@ def eval_run(
         options["ruler"] = ruler_options(
             task_lengths["ruler"], ruler_tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
         )
+        refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
     every_length = tuple(sorted({length for chosen in task_lengths.values() for length in chosen}))
     prepared = _prepare(model, factors, method, target_length, param, device, dtype, every_length)
+    if "ruler" in options:  # chat template or not: decided by the tokenizer, stored as chosen
+        options["ruler"] = resolve_chat_template(options["ruler"], prepared.tokenizer)
     for name in names:
         json_path = json_dir / f"{name}.json" if json_dir is not None else None
         document = _run_task(name, prepared, options[name], json_path)

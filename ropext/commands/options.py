@@ -51,11 +51,13 @@ def ruler_options(
     qa_data: list[Path] | None,
     batch_size: int,
     max_new_tokens: int | None,
+    chat_template: bool | None = None,
 ) -> Any:
-    """RulerOptions from command-line values; unreadable QA files or corpora fail before any model loads."""
+    """RulerOptions from command-line values; unreadable QA files or corpora fail before any model loads.
+    ``chat_template`` None: decided by the tokenizer once the model is loaded (`resolve_chat_template`)."""
     from ropext.data.corpus import open_corpus
     from ropext.evaluate.ruler.run import RulerOptions
-    from ropext.evaluate.ruler.tasks import load_qa_data
+    from ropext.evaluate.ruler.tasks import NOISE_HAYSTACK, load_qa_data
 
     options = RulerOptions(
         lengths=lengths,
@@ -63,11 +65,12 @@ def ruler_options(
         seed=seed,
         haystack_corpus=haystack_corpus,
         max_new_tokens=max_new_tokens,
+        chat_template=chat_template,
         tasks=tasks,
         qa_data=tuple(str(path) for path in qa_data or ()),
         batch_size=batch_size,
     )
     load_qa_data(options.qa_data)
-    if haystack_corpus is not None:
+    if haystack_corpus not in (None, NOISE_HAYSTACK):
         open_corpus(haystack_corpus)
     return options

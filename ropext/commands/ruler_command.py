@@ -45,6 +45,13 @@ def eval_ruler(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="Tokens generated per answer for every task (default: RULER's per task).")
     ] = None,
+    chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--chat-template/--no-chat-template",
+            help="Wrap prompts in the tokenizer's chat template, as RULER does (default: when it has one).",
+        ),
+    ] = None,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_out: Annotated[
@@ -53,15 +60,26 @@ def eval_ruler(
 ) -> None:
     """RULER scores per task and length, and their average (greedy decoding)."""
     from ropext.cli import _prepare, _print_table, _run_task
+    from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
     from ropext.lengths import parse_lengths
     from ropext.paths import check_output_file
 
     # Bad input fails here, before the model is loaded.
     check_output_file(json_out, "--json")
     options = ruler_options(
-        tuple(parse_lengths(lengths)), tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
+        tuple(parse_lengths(lengths)),
+        tasks,
+        samples,
+        seed,
+        haystack_corpus,
+        qa_data,
+        batch_size,
+        max_new_tokens,
+        chat_template,
     )
+    refuse_other_prompts(json_out)
     prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
+    options = resolve_chat_template(options, prepared.tokenizer)  # stored as chosen
     document = _run_task("ruler", prepared, options, json_out)
     table, columns = _score_table(document)
     _print_table(table, columns)

@@ -18,7 +18,7 @@ from integration_support import CorpusFiles, assert_clean_error, assert_ok, read
 from ropext.data.tokenized import encode
 from ropext.evaluate.ruler import run as ruler_run
 from ropext.evaluate.ruler.prompts import build_prompt, special_prefix
-from ropext.evaluate.ruler.tasks import ALL_TASKS, NOISE, QA_TASKS, make_sample
+from ropext.evaluate.ruler.tasks import ALL_TASKS, NOISE, QA_TASKS, RULER_PROMPTS, make_sample
 from ropext.model.prepared import PreparedModel, prepare_model
 
 LENGTH = 1024
@@ -58,6 +58,7 @@ def test_results_hold_a_score_per_task_and_the_average(four_tasks: dict[str, Any
     assert four_tasks["model"] == str(tiny_model)
     assert four_tasks["options"] == {
         "lengths": [LENGTH], "samples": 2, "seed": 0, "haystack_corpus": None, "max_new_tokens": 4,
+        "chat_template": False, "ruler_prompts": RULER_PROMPTS,
     }  # fmt: skip
     assert list(four_tasks["results"]) == [str(LENGTH)]
     outcome = four_tasks["results"][str(LENGTH)]
@@ -69,7 +70,7 @@ def test_results_hold_a_score_per_task_and_the_average(four_tasks: dict[str, Any
             assert set(sample) == {"expected", "output", "score", "prompt_tokens"}
             assert isinstance(sample["output"], str) and sample["expected"]
             assert 0.0 <= sample["score"] <= 1.0
-            assert LENGTH - 1 <= sample["prompt_tokens"] <= LENGTH, task
+            assert LENGTH - 1 <= sample["prompt_tokens"] + 4 <= LENGTH, task  # prompt and answer fit
         assert entry["score"] == pytest.approx(sum(s["score"] for s in entry["samples"]) / 2)
         assert entry["max_new_tokens"] == 4 and entry["metric"] == "string_match_all"
     assert outcome["average"] == pytest.approx(sum(e["score"] for e in outcome["tasks"].values()) / len(FOUR))
@@ -82,7 +83,8 @@ def test_results_are_the_generated_samples(four_tasks: dict[str, Any], tiny_toke
         for index, stored in enumerate(entry["samples"]):
             sample = make_sample(task, 0, LENGTH, index)
             assert stored["expected"] == list(sample.expected)
-            assert stored["prompt_tokens"] == len(build_prompt(tiny_tokenizer, sample, LENGTH, prefix).ids)
+            prompt = build_prompt(tiny_tokenizer, sample, LENGTH, prefix, new_tokens=4)
+            assert stored["prompt_tokens"] == len(prompt.ids)
 
 
 def test_all_tasks_without_question_data_lists_qa_as_unavailable(tiny_model: Path, tmp_path: Path) -> None:
@@ -135,9 +137,9 @@ def uneven_prompts(monkeypatch: pytest.MonkeyPatch) -> dict[str, itertools.count
     original = ruler_run.build_prompt
     counters: dict[str, itertools.count] = {}
 
-    def uneven(tokenizer, sample, length, prefix=(), hint=None):
+    def uneven(tokenizer, sample, length, prefix=(), hint=None, new_tokens=0):
         index = next(counters.setdefault(sample.task, itertools.count()))
-        return original(tokenizer, sample, length - 5 * (index % 3 == 1), prefix, hint)
+        return original(tokenizer, sample, length - 5 * (index % 3 == 1), prefix, hint, new_tokens)
 
     monkeypatch.setattr(ruler_run, "build_prompt", uneven)
     return counters
@@ -240,7 +242,7 @@ def test_question_data_given_later_fills_in_the_qa_tasks(tiny_model: Path, tmp_p
         entry = tasks[task]
         assert entry["metric"] == "string_match_part" and 0.0 <= entry["score"] <= 1.0
         assert entry["data"]["path"] == str(path) and len(entry["data"]["sha256"]) == 64
-        assert all(LENGTH - 1 <= s["prompt_tokens"] <= LENGTH for s in entry["samples"])
+        assert all(LENGTH - 1 <= s["prompt_tokens"] + 4 <= LENGTH for s in entry["samples"])
     assert tasks["qa_1"]["samples"][0]["expected"] == ["Mira Vale"]
     assert tasks["qa_2"]["samples"][0]["expected"][0].startswith("river ")
 
@@ -280,3 +282,105 @@ def test_a_length_too_short_for_a_task_is_a_clean_error(tiny_model: Path, tmp_pa
         "--device", "cpu", "--json", tmp_path / "short.json",
     )  # fmt: skip
     assert_clean_error(result, "niah_multiquery does not fit in 256 tokens")
+
+
+ESSAY_TASKS = ("niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multivalue", "niah_multiquery")
+
+
+def test_the_essay_tasks_default_to_the_shipped_prose_and_noise_stays_reachable(
+    tiny_model: Path, tmp_path: Path, generated: list[list[list[int]]], tiny_tokenizer
+) -> None:
+    document = _ruler(tiny_model, tmp_path / "prose.json", "--tasks", ",".join(ESSAY_TASKS), samples=1)
+    tasks = document["results"][str(LENGTH)]["tasks"]
+    assert {tasks[task]["haystack"] for task in ESSAY_TASKS} == {"treasury-of-david"}
+    for batch in generated:
+        text = tiny_tokenizer.decode(batch[0])
+        assert "The grass is green" not in text and "My Preface shall at least possess" in text  # prose
+    generated.clear()
+    noise = _ruler(tiny_model, tmp_path / "noise.json", "--tasks", "niah_single_2", "--haystack-corpus", "noise")
+    assert noise["results"][str(LENGTH)]["tasks"]["niah_single_2"]["haystack"] == "noise"
+    assert all("The grass is green. The sky is blue." in tiny_tokenizer.decode(b[0]) for b in generated)
+
+
+_TEMPLATE = (
+    "{% for message in messages %}<s>[{{ message['role'] }}]\n{{ message['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>[assistant]\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a chat template in its tokenizer."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_model, folder, dirs_exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = _TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_chat_template_wraps_the_prompt_and_is_recorded(
+    chat_model: Path, tmp_path: Path, generated: list[list[list[int]]], tiny_tokenizer
+) -> None:
+    """RULER's order: template opening, the task's prompt as the user turn, generation prompt, answer prefix.
+    The template's tokens count towards the length."""
+    document = _ruler(chat_model, tmp_path / "chat.json", "--tasks", "niah_single_1,vt", samples=1)
+    assert document["options"]["chat_template"] is True
+    bos = tiny_tokenizer.bos_token_id
+    for batch, task in zip(generated, ("niah_single_1", "vt"), strict=True):
+        ids = batch[0]
+        assert ids[0] == bos and ids[1] != bos  # the template's own <s>, no second one
+        text = tiny_tokenizer.decode(ids, skip_special_tokens=False)
+        sample = make_sample(task, 0, LENGTH, 0)
+        assert text.startswith(("<s>[user]\n" + sample.head, "<s>[user]\n" + sample.shots + sample.head))
+        assert text.endswith(sample.question + "</s>\n<s>[assistant]\n" + sample.answer_prefix)
+        assert LENGTH - 1 <= len(ids) + 4 <= LENGTH
+    generated.clear()
+    plain = _ruler(chat_model, tmp_path / "plain.json", "--tasks", "niah_single_1", "--no-chat-template", samples=1)
+    assert plain["options"]["chat_template"] is False
+    text = tiny_tokenizer.decode(generated[0][0], skip_special_tokens=False)
+    assert "[user]" not in text and "[assistant]" not in text
+    # the other choice on the same file is another run
+    result = run_cli(
+        "eval", "ruler", "--model", chat_model, "--lengths", str(LENGTH), "--samples", "1", "--tasks",
+        "niah_single_1", "--max-new-tokens", "4", "--device", "cpu", "--json", tmp_path / "plain.json",
+    )  # fmt: skip
+    assert_clean_error(result, "different run")
+
+
+def test_asking_for_a_chat_template_the_tokenizer_lacks_is_a_clean_error(tiny_model: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "eval", "ruler", "--model", tiny_model, "--lengths", str(LENGTH), "--tasks", "vt", "--chat-template",
+        "--device", "cpu", "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    assert_clean_error(result, "--chat-template", "no chat template")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_result_file_of_earlier_prompts_is_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = {
+        "task": "ruler",
+        "model": "m",
+        "scaling": None,
+        "options": {"lengths": [1024], "samples": 2, "seed": 0, "haystack_corpus": None, "max_new_tokens": None},
+        "results": {"1024": {"tasks": {}, "average": None}},
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    before = path.read_bytes()
+    result = run_cli(
+        "eval", "ruler", "--model", tmp_path / "no-such-model", "--lengths", "1k", "--json", path
+    )  # the model does not even exist: the file is checked first
+    assert_clean_error(result, str(path), "earlier RULER prompts", RULER_PROMPTS, "new --json")
+    assert path.read_bytes() == before
+    old["options"]["ruler_prompts"] = "NVIDIA/RULER@0000000"
+    (tmp_path / "ruler.json").write_text(json.dumps(old))
+    result = run_cli("eval", "run", "--model", tmp_path / "none", "--tasks", "ruler", "--lengths", "1k",
+                     "--json-dir", tmp_path)  # fmt: skip
+    assert_clean_error(result, "NVIDIA/RULER@0000000", "new --json")

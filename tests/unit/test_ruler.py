@@ -20,39 +20,47 @@ from ropext.evaluate.ruler.scoring import postprocess, score, string_match_all, 
 from ropext.evaluate.ruler.tasks import (
     ALL_TASKS,
     CWE_COMMON,
-    CWE_WORDS,
     DEPTHS,
     NEEDLE,
     NOISE,
     QA_TASKS,
+    RULER_PROMPTS,
     SPECS,
     Resources,
     TaskSample,
     corpus_haystack,
     cwe_frequencies,
+    default_haystack,
     fwe_counts,
     load_qa_data,
     make_sample,
+    noise_haystack,
     parse_tasks,
     split_sentences,
+    word_lists,
 )
 
 SYNTHETIC = tuple(task for task in ALL_TASKS if task not in QA_TASKS)
 NIAH = tuple(task for task in ALL_TASKS if task.startswith("niah"))
 SPECIALS = ("<s>", "</s>")
+CWE_WORDS = word_lists().cwe
+_LISTED = re.compile(r"\d+\. (.+?)(?= \d+\. |\n|$)")
+"""A numbered list's words (a few of wonderwords' entries are two words)."""
 
 
 class _Tokenizer:
     """The two things ropext asks of a tokenizer here, over a `tokenizers` backend (no transformers import)."""
 
-    def __init__(self, backend) -> None:
+    def __init__(self, backend, byte_tokens: bool = False) -> None:
         self.backend_tokenizer = backend
+        self.byte_tokens = byte_tokens
+        """Byte-fallback tokens are special tokens here (to put them in the trained vocabulary): decode keeps them."""
 
     def __call__(self, text: str, add_special_tokens: bool = True, **_) -> dict[str, list[int]]:
         return {"input_ids": self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens and not self.byte_tokens)
 
 
 def _byte_level_bpe(texts: list[str]) -> _Tokenizer:
@@ -101,7 +109,7 @@ def sentencepiece_tokenizer() -> _Tokenizer:
         vocab_size=2000, special_tokens=["<unk>", *SPECIALS, *byte_tokens], show_progress=False
     )
     backend.train_from_iterator(texts, trainer)
-    return _Tokenizer(backend)
+    return _Tokenizer(backend, byte_tokens=True)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +188,7 @@ def test_samples_are_deterministic_for_a_seed_and_differ_across_seeds(task: str)
 
 # ---------------------------------------------------------------- what the prompts hold
 
-_NEEDLE = re.compile(r"One of the special magic (\w+) for (\S+) is: (\S+)\.")
+_NEEDLE = re.compile(r"One of the special magic (\w+) for (.+?) is: (\S+)\.")  # a few keys hold a blank
 
 
 def _needles(text: str) -> list[tuple[str, str, str]]:
@@ -210,14 +218,23 @@ def test_niah_needles_hold_the_expected_values_for_the_asked_keys(task: str) -> 
         assert NOISE not in text
     else:
         assert len(needles) == real
-        assert NOISE in text if config.haystack == "repeat" else "The sky is blue." in text
+        assert (NOISE in text) == (config.haystack == "repeat")
+        if config.haystack == "essay":  # the prose shipped with ropext, not the noise sentences
+            assert sum(sentence in text for sentence in default_haystack().sentences[:40]) >= 20
     value_pattern = {
         "numbers": r"\d{7}",
         "uuids": r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
     }
     assert all(re.fullmatch(value_pattern[config.value_type], value) for value in sample.expected)
-    key_pattern = r"[a-z]+-[a-z]+" if config.key_type == "words" else value_pattern["uuids"]
-    assert all(re.fullmatch(key_pattern, key) for key in asked)
+    if config.key_type == "words":  # an adjective-noun pair of wonderwords' lists, as RULER's keys
+        assert all(_is_adjective_noun(key) for key in asked), asked
+    else:
+        assert all(re.fullmatch(value_pattern["uuids"], key) for key in asked)
+
+
+def _is_adjective_noun(key: str) -> bool:
+    words = word_lists()
+    return any(key[:i] in words.adjectives and key[i + 1 :] in words.nouns for i, char in enumerate(key) if char == "-")
 
 
 def test_niah_wording_is_singular_for_one_value_and_plural_for_several() -> None:
@@ -232,7 +249,8 @@ def test_niah_wording_is_singular_for_one_value_and_plural_for_several() -> None
 
 
 def test_needles_sit_at_distinct_depths_that_do_not_depend_on_the_haystack_size() -> None:
-    sample = make_sample("niah_multikey_1", 3, 8192, 0)  # essay haystack: noise sentences, one "." each
+    # the noise sentences as essay text: one "." each
+    sample = make_sample("niah_multikey_1", 3, 8192, 0, Resources(essay=noise_haystack()))
 
     def positions(units: int) -> list[int]:
         """Haystack sentences before each needle."""
@@ -268,7 +286,10 @@ def test_vt_chain_is_consistent_and_the_answer_is_every_variable_holding_the_val
     holders = {name for name, held in _resolve(text).items() if held == value}
     assert holders == set(sample.expected)
     assert len(sample.expected) == 5 and all(re.fullmatch(r"[A-Z]{5}", name) for name in sample.expected)
-    assert f"5 variables are assgined the value {value}, they are:" in sample.tail
+    assert sample.answer_prefix == (  # RULER's wording since 2025 (it was "assgined")
+        " Answer: According to the chain(s) of variable assignment in the text above, 5 variables are"
+        f" assigned the value {value}, they are:"
+    )
     assert len(re.findall(r"^VAR [A-Z]{3} = ", sample.shots, re.M)) == 5 and text.startswith(sample.shots)
     for name in sample.expected:  # each assigned exactly once, in the main text
         assert len(re.findall(rf"VAR {name} = ", sample.context(25))) == 1
@@ -278,24 +299,44 @@ def test_vt_chain_is_consistent_and_the_answer_is_every_variable_holding_the_val
 def test_cwe_answer_is_the_ten_most_common_words_of_the_list(length: int) -> None:
     sample = make_sample("cwe", 1, length, 0)
     common_repeats, rare_repeats, _ = cwe_frequencies(length)
-    counts = Counter(re.findall(r"\d+\. (\S+)", sample.context(60)))
+    counts = Counter(_LISTED.findall(sample.context(60)))
     assert len(sample.expected) == CWE_COMMON
     assert {counts[word] for word in sample.expected} == {common_repeats}
     assert set(counts.values()) == {common_repeats, rare_repeats}
     assert len(counts) == CWE_COMMON + 60
+    assert set(counts) <= set(CWE_WORDS)  # wonderwords' nouns, adjectives and verbs, as RULER's
     # string_match_all tests substrings: no listed word may contain a common word it is not
     for word in counts:
-        assert [common for common in sample.expected if common in word] in ([], [word])
+        assert [common for common in sample.expected if common.lower() in word.lower()] in ([], [word])
     numbers = [int(n) for n in re.findall(r"(\d+)\. ", sample.context(60))]
     assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_words_are_wonderwords_lists_as_ruler_reads_them() -> None:
+    from wonderwords import RandomWord
+
+    words = word_lists()
+    nouns = {word.rstrip() for word in RandomWord().filter(include_categories=["nouns"])}
+    assert set(words.nouns) == nouns and len(words.nouns) > 6000 and "aardvark" in words.nouns
+    assert len(words.adjectives) > 900 and all(word == word.strip() for word in words.adjectives)
+    assert set(words.cwe) == {*words.nouns, *words.adjectives, *(w.rstrip() for w in RandomWord().filter(
+        include_categories=["verbs"]))}  # fmt: skip
+    assert list(words.cwe) == sorted(words.cwe)
+
+
+def test_cwe_takes_adjective_noun_pairs_past_the_word_lists() -> None:
+    sample = make_sample("cwe", 2, 8192, 0)
+    listed = set(_LISTED.findall(sample.context(len(CWE_WORDS) + 50)))
+    pairs = listed - set(CWE_WORDS)
+    assert pairs and all(_is_adjective_noun(word) for word in pairs)
 
 
 def test_cwe_example_has_its_own_words_and_answer() -> None:
     sample = make_sample("cwe", 1, 8192, 0)
     example_answer = re.search(r"are: (1\. .*)\n$", sample.shots).group(1)
-    example_words = re.findall(r"\d+\. (\S+)", example_answer)
+    example_words = _LISTED.findall(example_answer)
     assert len(example_words) == CWE_COMMON and not set(example_words) & set(sample.expected)
-    listed = Counter(re.findall(r"\d+\. (\S+)", sample.shots.split("Question:")[0]))
+    listed = Counter(_LISTED.findall(sample.shots.split("Question:")[0]))
     assert {listed[word] for word in example_words} == {10}
 
 
@@ -473,7 +514,7 @@ def _prompt_text(tokenizer: _Tokenizer, sample: TaskSample, prompt: Prompt, pref
     assert prompt.ids == prefix + encode(tokenizer, text)  # the tokenizer's own ids for it, no joined token lists
     assert tokenizer.decode(prompt.ids) == text
     assert sample.filler is not None
-    assert any(sample.filler(prompt.units, 64, skip).startswith(prompt.filler) for skip in (0, 1))  # the next unit
+    assert any(sample.filler(prompt.units, 64, skip).startswith(prompt.filler) for skip in (0, 1, 2))  # a next unit
     assert text.endswith(sample.tail) and text.startswith((sample.shots if prompt.shots else "") + sample.head)
     return text
 
@@ -494,9 +535,10 @@ def _assert_the_answer_stands(sample: TaskSample, prompt: Prompt) -> None:
         value = int(re.search(r"assigned the value (\d+) in the text above\.", sample.tail).group(1))
         assert {name for name, held in _resolve(haystack).items() if held == value} == set(sample.expected)
     elif family == "cwe":
-        added = re.findall(r"\d+\. (\S+)", prompt.filler)
-        assert len(set(added)) == len(added) and not any(c in word for word in added for c in sample.expected)
-        counts = Counter(re.findall(r"\d+\. (\S+)", haystack))
+        added = _LISTED.findall(prompt.filler)
+        assert len(set(added)) == len(added)
+        assert not any(c.lower() in word.lower() for word in added for c in sample.expected)
+        counts = Counter(_LISTED.findall(haystack))
         fewest = min(counts[word] for word in sample.expected)
         assert all(count < fewest for word, count in counts.items() if word not in sample.expected)
     elif family == "fwe":
@@ -510,15 +552,19 @@ def _assert_the_answer_stands(sample: TaskSample, prompt: Prompt) -> None:
 
 @pytest.mark.parametrize("length", [1024, 2048, 4096])
 @pytest.mark.parametrize("task", SYNTHETIC)
-def test_prompts_are_the_length_within_one_token(tokenizer: _Tokenizer, task: str, length: int) -> None:
+def test_prompt_and_answer_fit_the_length_within_one_token(tokenizer: _Tokenizer, task: str, length: int) -> None:
+    """As RULER: prompt + tokens to generate <= L; and the prompt takes all the rest but at most one token."""
+    new_tokens = SPECS[task].max_new_tokens
+    budget = length - new_tokens
     hint = None
     for index in range(3):
         sample = make_sample(task, 0, length, index)
-        prompt = build_prompt(tokenizer, sample, length, hint=hint)
+        prompt = build_prompt(tokenizer, sample, length, hint=hint, new_tokens=new_tokens)
         hint = prompt.units
-        assert length - 1 <= len(prompt.ids) <= length, f"{task} sample {index}: {len(prompt.ids)} tokens"
-        one_more = len(encode(tokenizer, sample.text(prompt.units + 1, prompt.shots)))
-        assert one_more > length, f"{task}: {prompt.units} whole units, and {one_more} tokens with one more"
+        assert length - 1 <= len(prompt.ids) + new_tokens <= length, f"{task} sample {index}: {len(prompt.ids)}"
+        more = [n for n in (1, 2) if len(encode(tokenizer, sample.text(prompt.units + n, prompt.shots))) <= budget]
+        # every whole unit that fits, or one fewer where the retries filled closer with the next unit's start
+        assert more in ([], [1]), f"{task}: {prompt.units} whole units, and {more} more would fit"
         text = _prompt_text(tokenizer, sample, prompt, [])
         assert all(value in text for value in sample.expected) or task in ("vt", "cwe", "fwe")
         _assert_the_answer_stands(sample, prompt)
@@ -533,8 +579,10 @@ def test_prompts_are_the_length_within_one_token_with_sentencepiece_style_tokens
     for length in (1024, 2048, 4096):
         for index in range(3):
             sample = make_sample(task, 1, length, index)
-            prompt = build_prompt(sentencepiece_tokenizer, sample, length)
-            assert length - 1 <= len(prompt.ids) <= length, f"{task} at {length}, sample {index}: {len(prompt.ids)}"
+            new_tokens = SPECS[task].max_new_tokens
+            prompt = build_prompt(sentencepiece_tokenizer, sample, length, new_tokens=new_tokens)
+            fill = len(prompt.ids) + new_tokens
+            assert length - 1 <= fill <= length, f"{task} at {length}, sample {index}: {len(prompt.ids)}"
             _prompt_text(sentencepiece_tokenizer, sample, prompt, [])
             _assert_the_answer_stands(sample, prompt)
 
@@ -624,8 +672,8 @@ def test_qa_prompts_are_the_length_within_one_token(
     for length in (1024, 2048, 4096):
         for index in range(10):
             sample = make_sample(task, 0, length, index, qa_resources)
-            prompt = build_prompt(tokenizer, sample, length)
-            assert length - 1 <= len(prompt.ids) <= length, f"{task} at {length}, sample {index}"
+            prompt = build_prompt(tokenizer, sample, length, new_tokens=32)
+            assert length - 1 <= len(prompt.ids) + 32 <= length, f"{task} at {length}, sample {index}"
             assert prompt.units < sample.max_units
             assert "\n\nDocument ".startswith(prompt.filler[:11])  # the next document ("" if whole units fill it)
             _prompt_text(tokenizer, sample, prompt, [])
@@ -664,9 +712,10 @@ def test_a_bos_token_counts_towards_the_length(bos_tokenizer: _Tokenizer, task: 
     prefix = special_prefix(bos_tokenizer)
     assert prefix == [bos_tokenizer.backend_tokenizer.token_to_id("<s>")]
     sample = make_sample(task, 4, 2048, 1)
-    prompt = build_prompt(bos_tokenizer, sample, 2048, prefix)
-    assert prompt.ids[0] == prefix[0] and 2047 <= len(prompt.ids) <= 2048
-    assert 1 + len(encode(bos_tokenizer, sample.text(prompt.units + 1, prompt.shots))) > 2048
+    new_tokens = SPECS[task].max_new_tokens
+    prompt = build_prompt(bos_tokenizer, sample, 2048, prefix, new_tokens=new_tokens)
+    assert prompt.ids[0] == prefix[0] and 2047 <= len(prompt.ids) + new_tokens <= 2048
+    assert 1 + len(encode(bos_tokenizer, sample.text(prompt.units + 2, prompt.shots))) + new_tokens > 2048
     _prompt_text(bos_tokenizer, sample, prompt, prefix)
 
 
@@ -685,6 +734,10 @@ def test_the_worked_example_is_kept_only_when_it_takes_at_most_a_quarter(tokeniz
 def test_a_length_too_short_for_the_template_is_a_clear_error(tokenizer: _Tokenizer) -> None:
     with pytest.raises(RopextError, match=r"RULER niah_multiquery does not fit in 64 tokens.*takes \d+ tokens"):
         build_prompt(tokenizer, make_sample("niah_multiquery", 0, 64, 0), 64)
+    sample = make_sample("niah_single_1", 0, 256, 0)
+    build_prompt(tokenizer, sample, 256)
+    with pytest.raises(RopextError, match=r"does not fit in 256 tokens.*and its answer 200 more"):
+        build_prompt(tokenizer, sample, 256, new_tokens=200)  # the answer's room counts
 
 
 # ---------------------------------------------------------------- batches
@@ -712,6 +765,8 @@ def test_options_store_what_results_mean_not_what_to_run() -> None:
         "seed": 0,
         "haystack_corpus": None,
         "max_new_tokens": None,
+        "chat_template": None,
+        "ruler_prompts": RULER_PROMPTS,
     }
     assert (options.tasks, options.qa_data, options.batch_size) == (("vt", "cwe"), ("q.json",), 4)
     assert RulerOptions(lengths=(1024,)).tasks == ALL_TASKS

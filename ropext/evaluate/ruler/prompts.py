@@ -2,8 +2,10 @@
 tokens, is at most the length, then the start of the sample's filler text that brings it to the length.
 
 The prompt is the tokenizer's own leading special tokens (a BOS token where the tokenizer adds one, as
-RULER's ``tokenizer(text)`` counts it), then the worked example (vt, cwe), the instruction, the haystack, the
-question and the answer prefix. The unit fit is exact: with ``n`` units the prompt fits and with ``n + 1`` it
+``tokenizer(text)`` adds it; none where a chat template is applied, which writes its own), then the chat template's
+opening, the worked example (vt, cwe), the instruction, the haystack, the question, the chat template's closing
+(its generation prompt) and the answer prefix. It leaves room for the tokens to generate: prompt and answer fit
+in the length, as in RULER. The unit fit is exact: with ``n`` units the prompt fits and with ``n + 1`` it
 does not. The filler (the next units' text, or neutral text where a cut unit could change the answer; see
 `TaskSample.filler`) then follows the haystack, cut at a character where the prompt reaches the length.
 Where one more character adds at most one token, as it does for ordinary text and byte-level BPE tokenizers,
@@ -112,32 +114,40 @@ class Prompt:
 
 
 def build_prompt(
-    tokenizer: Any, sample: TaskSample, length: int, prefix: Sequence[int] = (), hint: int | None = None
+    tokenizer: Any,
+    sample: TaskSample,
+    length: int,
+    prefix: Sequence[int] = (),
+    hint: int | None = None,
+    new_tokens: int = 0,
 ) -> Prompt:
-    """``sample``'s prompt in ``length`` tokens (``prefix`` included): as many whole haystack units as fit
+    """``sample``'s prompt in ``length - new_tokens`` tokens (``prefix`` included), so that the prompt and the
+    ``new_tokens`` generated after it fit in ``length``, as RULER keeps them: as many whole haystack units as fit
     (``hint``: the previous sample's count, tried first), then as much of its filler as fits."""
     prefix = list(prefix)
     shots = bool(sample.shots) and len(encode(tokenizer, sample.shots)) <= length // SHOTS_SHARE
-    budget = length - len(prefix)
+    budget = length - new_tokens - len(prefix)
     fitted = _fit_units(tokenizer, sample, shots, budget, hint)
     if fitted is None:
         needs = len(prefix) + len(encode(tokenizer, sample.text(0, shots)))
         raise RopextError(
             f"RULER {sample.task} does not fit in {length} tokens: its prompt takes {needs} tokens "
-            "before any haystack; choose a longer length"
+            f"before any haystack, and its answer {new_tokens} more; choose a longer length"
         )
     units, filler, ids = _fill(tokenizer, sample, *fitted, shots, budget)
     return Prompt(prefix + ids, units, shots, filler)
 
 
-_RETRIES = ((1, 0), (1, 1))
+_RETRIES = ((1, 0), (1, 1), (0, 1), (0, 2))
 """(whole units fewer, filler units skipped) tried in turn while the prompt is more than a token short; the
 closest prompt of all is kept. One unit fewer: the filler's first character split a token across the
 haystack's end and the question (SentencePiece-style pieces such as ".\nWhat" cross the newline), adding
 several, and more room lets further characters add a token at a time. One unit fewer and the filler from the
 unit after: the filler's own join between two units fell just short of the length, where the same units leave
 it again (byte-level BPE: a qa document's closing "\n\n" merges with the question's "\n\n", and the next
-"Document" undoes that, adding three tokens)."""
+"Document" undoes that, adding three tokens). The same units and the filler from one or two units later: the
+cut fell just before a character of several tokens (in prose, a dash or a letter the tokenizer has no token
+for), which the text after one unit fewer meets again at the same place."""
 
 
 def _fill(

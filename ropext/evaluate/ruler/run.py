@@ -8,25 +8,30 @@ lengths to a finished run computes only what is new.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import InitVar, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from ropext.errors import RopextError
 from ropext.evaluate.progress import Tracker
+from ropext.evaluate.ruler.chat import ChatWrap, chat_wrap, has_chat_template
 from ropext.evaluate.ruler.prompts import Prompt, build_prompt, special_prefix
 from ropext.evaluate.ruler.scoring import score
 from ropext.evaluate.ruler.tasks import (
     ALL_TASKS,
     QA_UNAVAILABLE,
+    RULER_PROMPTS,
     SPECS,
     QaData,
     Resources,
     TaskSample,
-    corpus_haystack,
+    essay_haystack,
     load_qa_data,
     make_sample,
     noise_haystack,
@@ -61,7 +66,14 @@ class RulerOptions:
     """Essay-like text for niah_single_2/3, niah_multikey_1, niah_multivalue and niah_multiquery (as
     ``--corpus``: files, folder, hub dataset, python-stdlib); None: RULER's noise sentences."""
     max_new_tokens: int | None = None
-    """Tokens generated per answer for every task; None: RULER's (niah 128, vt 30, cwe 120, fwe 50, qa 32)."""
+    """Tokens generated per answer for every task; None: RULER's (niah 128, vt 30, cwe 120, fwe 50, qa 32).
+    Prompt and answer fit in the length together."""
+    chat_template: bool | None = None
+    """Wrap each prompt in the tokenizer's chat template (the prompt as the user's turn, then the generation prompt
+    and RULER's answer prefix), as RULER does for chat models. None: where the tokenizer has one;
+    `resolve_chat_template` turns it into the choice made, which is what a result file stores."""
+    ruler_prompts: str = RULER_PROMPTS
+    """The RULER version the prompts follow (stored; not an option to set)."""
     tasks: InitVar[str | Sequence[str]] = ALL_TASKS
     """Comma-separated names or a sequence; "all": RULER's 13 tasks."""
     qa_data: InitVar[Sequence[str]] = ()
@@ -81,6 +93,41 @@ class RulerOptions:
         object.__setattr__(self, "tasks", parse_tasks(tasks))
         object.__setattr__(self, "qa_data", tuple(str(path) for path in qa_data))
         object.__setattr__(self, "batch_size", batch_size)
+
+
+def resolve_chat_template(options: RulerOptions, tokenizer: Any) -> RulerOptions:
+    """``options`` with ``chat_template`` decided for this tokenizer: on where it has a chat template unless
+    turned off; asking for one that the tokenizer lacks is an error."""
+    has = has_chat_template(tokenizer)
+    if options.chat_template and not has:
+        raise RopextError(
+            "--chat-template: the model's tokenizer has no chat template; run without it (or with --no-chat-template)"
+        )
+    chosen = has if options.chat_template is None else options.chat_template
+    return dataclasses.replace(
+        options, chat_template=chosen, tasks=options.tasks, qa_data=options.qa_data, batch_size=options.batch_size
+    )
+
+
+def refuse_other_prompts(path: Path | None) -> None:
+    """An error if ``path`` holds RULER results of other prompts than these (`RULER_PROMPTS`): their scores mean
+    something else, so a run never resumes into them. Checked before the model is loaded; a file that is not a
+    RULER result is left to the result file's own checks."""
+    if path is None or not path.is_file():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return
+    if not isinstance(data, dict) or data.get("task") != "ruler" or not isinstance(data.get("options"), dict):
+        return
+    theirs = data["options"].get("ruler_prompts")
+    if theirs != RULER_PROMPTS:
+        made = f"RULER prompts {theirs}" if theirs else "ropext's earlier RULER prompts (before they followed RULER's)"
+        raise RopextError(
+            f"{path} holds results made with {made}; these prompts follow {RULER_PROMPTS}, a different run: "
+            "choose a new --json path"
+        )
 
 
 def generate_batch(prepared: PreparedModel, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
@@ -159,12 +206,15 @@ def evaluate_ruler(
     }
     runnable = [(length, t) for length, names in todo.items() for t in names if SPECS[t].family != "qa" or t in qa]
     needs_essay = any(SPECS[t].niah is not None and SPECS[t].niah.haystack == "essay" for _, t in runnable)
-    if needs_essay and options.haystack_corpus is not None:
-        essay = corpus_haystack(options.haystack_corpus, _CHARS_PER_TOKEN * max(options.lengths))
+    # The essay text is read only when a task needs it (a corpus can be large).
+    essay = essay_haystack(options.haystack_corpus, _CHARS_PER_TOKEN * max(options.lengths)) if needs_essay else None
+    resources = Resources(essay or noise_haystack(), qa)
+    options = resolve_chat_template(options, prepared.tokenizer)
+    if options.chat_template:  # the template writes its own special tokens
+        wrap, prefix = chat_wrap(prepared.tokenizer), []
     else:
-        essay = noise_haystack()
-    resources = Resources(essay, qa)
-    prefix = special_prefix(prepared.tokenizer)
+        wrap, prefix = None, special_prefix(prepared.tokenizer)
+    prompting = Prompting(prefix, wrap)
     tracker.begin(f"ruler {prepared.label}", len(runnable) * options.samples)
 
     results: dict[str, dict[str, Any]] = {}
@@ -176,7 +226,7 @@ def evaluate_ruler(
             if SPECS[task].family == "qa" and task not in qa:
                 finished[task] = {"score": None, "unavailable": QA_UNAVAILABLE[task]}
             else:
-                finished[task] = _evaluate_task(prepared, options, task, length, resources, prefix, tracker)
+                finished[task] = _evaluate_task(prepared, options, task, length, resources, prompting, tracker)
             finished = _ordered(finished)
             entry = {"tasks": finished, "average": _average(finished)}
             tracker.finished(key, entry)
@@ -190,14 +240,14 @@ def _evaluate_task(
     task: str,
     length: int,
     resources: Resources,
-    prefix: list[int],
+    prompting: Prompting,
     tracker: Tracker,
 ) -> dict[str, Any]:
     spec = SPECS[task]
     max_new_tokens = options.max_new_tokens or spec.max_new_tokens
     began = time.perf_counter()
     samples: list[dict[str, Any]] = [{} for _ in range(options.samples)]  # in sample order, whatever the batches
-    prompts = _prompts(prepared.tokenizer, task, length, options, resources, prefix)
+    prompts = sample_prompts(prepared.tokenizer, task, length, options, resources, prompting, max_new_tokens)
     for batch in equal_length_batches(prompts, options.batch_size, lambda item: len(item[2].ids)):
         outputs = generate_batch(prepared, [prompt.ids for _, _, prompt in batch], max_new_tokens)
         for (index, sample, prompt), output in zip(batch, outputs, strict=True):
@@ -223,14 +273,33 @@ def _evaluate_task(
     return result
 
 
-def _prompts(
-    tokenizer: Any, task: str, length: int, options: RulerOptions, resources: Resources, prefix: list[int]
+@dataclass(frozen=True)
+class Prompting:
+    """How every prompt of a run starts and ends, besides the sample's own text."""
+
+    prefix: list[int]
+    """Special tokens put before the text (the tokenizer's BOS; none under a chat template)."""
+    wrap: ChatWrap | None = None
+    """The chat template around the task's prompt, or None."""
+
+
+def sample_prompts(
+    tokenizer: Any,
+    task: str,
+    length: int,
+    options: RulerOptions,
+    resources: Resources,
+    prompting: Prompting,
+    new_tokens: int,
 ) -> Iterator[tuple[int, TaskSample, Prompt]]:
-    """Each sample of ``task`` at ``length`` with its prompt, in sample order; each fit starts from the previous
-    sample's unit count. Made as the batches need them, so only a few prompts are held at a time."""
+    """Each sample of ``task`` at ``length`` with its prompt, in sample order, each leaving room for ``new_tokens``
+    generated tokens; each fit starts from the previous sample's unit count. Made as the batches need them, so
+    only a few prompts are held at a time."""
     hint = None
     for index in range(options.samples):
         sample = make_sample(task, options.seed, length, index, resources)
-        prompt = build_prompt(tokenizer, sample, length, prefix, hint)
+        if prompting.wrap is not None:
+            sample = sample.in_chat(prompting.wrap.opening, prompting.wrap.closing)
+        prompt = build_prompt(tokenizer, sample, length, prompting.prefix, hint, new_tokens)
         hint = prompt.units
         yield index, sample, prompt

@@ -14,7 +14,9 @@ docs/ruler.md lists where this implementation has to choose.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gzip
 import hashlib
 import json
 import math
@@ -29,8 +31,11 @@ from pathlib import Path
 from ropext.errors import RopextError
 from ropext.registry import Registry
 
+RULER_PROMPTS = "NVIDIA/RULER@c3f5e3b (2026-07-22)"
+"""The RULER version whose prompts (templates, answer prefixes, word lists, task parameters) these follow; stored
+in every result, so that results of other prompts are never mixed into one file."""
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-"""RULER's noise haystack: one unit of niah_single_1 and vt (and the essay text when no corpus is given)."""
+"""RULER's noise haystack: one unit of niah_single_1 and vt (and the essay text with --haystack-corpus noise)."""
 NEEDLE = "One of the special magic {type_v} for {key} is: {value}."
 DEPTHS = tuple(round(i * 100 / 39) for i in range(40))
 """RULER's 40 needle depths in percent (``np.round(np.linspace(0, 100, 40))``); needles take distinct ones."""
@@ -125,8 +130,11 @@ class TaskSample:
     """Instruction: the text before the haystack."""
     context: Callable[[int], str]
     """The haystack with ``n`` units, with the needles (chains, common words, gold documents) in it."""
-    tail: str
-    """Question and answer prefix: the model continues from the end of it."""
+    question: str
+    """The question after the haystack: the end of the task's prompt (RULER's ``template``)."""
+    answer_prefix: str
+    """RULER's ``answer_prefix``: the start of the answer, after the chat template's generation prompt when there
+    is one; the model continues from the end of it."""
     expected: tuple[str, ...]
     shots: str = ""
     """A worked example placed before ``head`` (vt and cwe, as RULER); dropped when the length is short."""
@@ -138,9 +146,23 @@ class TaskSample:
     starting ``skip`` units later (another start, for when no cut of the first reaches the length). A start of
     it, cut anywhere, brings the prompt to the length to the token. "" (or None) when there is none."""
 
+    opening: str = ""
+    """The chat template's text before the user's turn ("" without one)."""
+    closing: str = ""
+    """The chat template's text after the user's turn, its generation prompt included ("" without one)."""
+
+    def in_chat(self, opening: str, closing: str) -> TaskSample:
+        """This sample as the user's turn of a chat template (its text before and after the user's message)."""
+        return dataclasses.replace(self, opening=opening, closing=closing)
+
+    @property
+    def tail(self) -> str:
+        """Everything after the haystack: question, the chat template's closing, answer prefix."""
+        return self.question + self.closing + self.answer_prefix
+
     def text(self, units: int, shots: bool = True, filler: str = "") -> str:
         """The prompt's text with ``units`` haystack units, then ``filler`` (a start of `filler`'s text)."""
-        return (self.shots if shots else "") + self.head + self.context(units) + filler + self.tail
+        return self.opening + (self.shots if shots else "") + self.head + self.context(units) + filler + self.tail
 
 
 def noise_lines(_units: int, pieces: int, _skip: int = 0) -> str:
@@ -180,8 +202,9 @@ def _weave(units: list[str], inserts: Sequence[tuple[float, str]]) -> list[str]:
 def _random_value(rng: random.Random, kind: str) -> str:
     if kind == "numbers":
         return str(rng.randint(1_000_000, 9_999_999))
-    if kind == "words":
-        return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+    if kind == "words":  # RULER: a uniform draw from every adjective-noun pair
+        words = word_lists()
+        return f"{rng.choice(words.adjectives)}-{rng.choice(words.nouns)}"
     if kind == "uuids":
         return str(uuid.UUID(int=rng.getrandbits(128), version=4))
     raise ValueError(f"unknown needle type {kind!r}")
@@ -209,7 +232,7 @@ def _child(rng: random.Random) -> random.Random:
 @dataclass(frozen=True)
 class EssayHaystack:
     name: str
-    """``noise`` or the --haystack-corpus given."""
+    """`DEFAULT_HAYSTACK`, `NOISE_HAYSTACK` or the --haystack-corpus given."""
     sentences: tuple[str, ...]
 
     def take(self, count: int) -> list[str]:
@@ -227,9 +250,39 @@ def split_sentences(text: str) -> list[str]:
     return [piece for piece in pieces if piece]
 
 
+NOISE_HAYSTACK = "noise"
+"""``--haystack-corpus noise``: the essay tasks on RULER's noise sentences (ropext's haystack before it shipped
+prose)."""
+DEFAULT_HAYSTACK = "treasury-of-david"
+"""The essay text shipped with ropext, used without --haystack-corpus (docs/ruler.md says why this text)."""
+_DEFAULT_HAYSTACK_FILE = "treasury_of_david.txt.gz"
+
+
 def noise_haystack() -> EssayHaystack:
-    """What the essay tasks use without --haystack-corpus: the noise sentences, one sentence a unit."""
-    return EssayHaystack("noise", tuple(split_sentences(NOISE)))
+    """The noise sentences, one sentence a unit (``--haystack-corpus noise``)."""
+    return EssayHaystack(NOISE_HAYSTACK, tuple(split_sentences(NOISE)))
+
+
+@functools.cache
+def default_haystack() -> EssayHaystack:
+    """RULER's essay tasks read Paul Graham's essays, which are not public domain; ropext ships public-domain
+    essay-like prose instead: the first two volumes (about 1.3M characters, 280k SmolLM2 tokens) of C. H.
+    Spurgeon's *The Treasury of David*, a commentary. It is read once, and wraps around past its end as any
+    haystack text does."""
+    from importlib.resources import files
+
+    raw = files("ropext.evaluate.ruler").joinpath("data", _DEFAULT_HAYSTACK_FILE).read_bytes()
+    return EssayHaystack(DEFAULT_HAYSTACK, tuple(split_sentences(gzip.decompress(raw).decode("utf-8"))))
+
+
+def essay_haystack(spec: str | None, min_chars: int) -> EssayHaystack:
+    """The essay tasks' haystack for ``--haystack-corpus``: the shipped prose (None), the noise sentences
+    (``noise``), or a corpus."""
+    if spec is None:
+        return default_haystack()
+    if spec == NOISE_HAYSTACK:
+        return noise_haystack()
+    return corpus_haystack(spec, min_chars)
 
 
 def corpus_haystack(spec: str, min_chars: int) -> EssayHaystack:
@@ -256,10 +309,8 @@ _NIAH_HEAD = (
     "Some special magic {type_v} are hidden within the following text. Make sure to memorize it. "
     "I will quiz you about the {type_v} afterwards.\n"
 )
-_NIAH_TAIL = (
-    "\nWhat are all the special magic {type_v} for {query} mentioned in the provided text?"
-    " The special magic {type_v} for {query} mentioned in the provided text are"
-)
+_NIAH_QUESTION = "\nWhat are all the special magic {type_v} for {query} mentioned in the provided text?"
+_NIAH_ANSWER = " The special magic {type_v} for {query} mentioned in the provided text are"
 
 
 def _singular(template: str) -> str:
@@ -267,11 +318,13 @@ def _singular(template: str) -> str:
     return template.replace("Some", "A").replace("are all", "is").replace("are", "is").replace("answers", "answer")
 
 
-def niah_wording(type_v: str, query: str, single: bool) -> tuple[str, str]:
-    head, tail = _NIAH_HEAD, _NIAH_TAIL
+def niah_wording(type_v: str, query: str, single: bool) -> tuple[str, str, str]:
+    """Instruction, question and answer prefix, singular where one value is asked (as RULER)."""
+    parts = (_NIAH_HEAD, _NIAH_QUESTION, _NIAH_ANSWER)
     if single:
-        head, tail, type_v = _singular(head), _singular(tail), type_v.removesuffix("s")
-    return head.format(type_v=type_v), tail.format(type_v=type_v, query=query)
+        parts, type_v = tuple(_singular(part) for part in parts), type_v.removesuffix("s")
+    head, question, answer = (part.format(type_v=type_v, query=query) for part in parts)
+    return head, question, answer
 
 
 def niah(spec: TaskSpec, rng: random.Random, essay: EssayHaystack) -> TaskSample:
@@ -288,13 +341,16 @@ def niah(spec: TaskSpec, rng: random.Random, essay: EssayHaystack) -> TaskSample
         for value in key_values
     ]
     rng.shuffle(needles)
-    depths = sorted(rng.sample(DEPTHS, len(needles)))
-    inserts = [(depth / 100, needle) for depth, needle in zip(depths, needles, strict=True)]
+    if config.haystack == "essay":  # RULER: distinct depths out of its 40, between sentences
+        fractions = [depth / 100 for depth in sorted(rng.sample(DEPTHS, len(needles)))]
+    else:  # RULER: uniform positions among the lines; drawn as fractions, so they do not depend on the size
+        fractions = sorted(rng.random() for _ in needles)
+    inserts = list(zip(fractions, needles, strict=True))
     asked = rng.sample(range(key_count), config.queries)
     queries = [keys[i] for i in asked]
     expected = tuple(value for i in asked for value in per_key[i])
     query = queries[0] if len(queries) == 1 else ", ".join(queries[:-1]) + ", and " + queries[-1]
-    head, tail = niah_wording(config.value_type, query, single=len(expected) == 1)
+    head, question, answer = niah_wording(config.value_type, query, single=len(expected) == 1)
 
     filler: Callable[[int, int, int], str] = noise_lines
     if config.haystack == "repeat":  # filler: the next noise lines
@@ -331,7 +387,7 @@ def niah(spec: TaskSpec, rng: random.Random, essay: EssayHaystack) -> TaskSample
 
         filler = essay_goes_on
 
-    return TaskSample(spec.name, head, context, tail, expected, filler=filler)
+    return TaskSample(spec.name, head, context, question, answer, expected, filler=filler)
 
 
 # ---------------------------------------------------------------- vt
@@ -342,12 +398,11 @@ VT_HOPS = 4
 VT_EXAMPLE_NOISES = 8
 """Noise lines in vt's worked example (RULER fits its example to about 500 tokens)."""
 _VT_HEAD = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
-_VT_TAIL = (
-    "\nQuestion: Find all variables that are assigned the value {value} in the text above."
-    # "assgined" is RULER's own spelling; kept so prompts are RULER's.
+_VT_QUESTION = "\nQuestion: Find all variables that are assigned the value {value} in the text above."
+_VT_ANSWER = (
     " Answer: According to the chain(s) of variable assignment in the text above, {count} variables are"
-    " assgined the value {value}, they are:"
-)
+    " assigned the value {value}, they are:"
+)  # RULER's wording since 2025 ("assgined" before)
 
 
 def _chains(
@@ -366,7 +421,8 @@ def _chains(
             values.append(value)
     groups = [names[i * (hops + 1) : (i + 1) * (hops + 1)] for i in range(chains)]
     lines = [
-        [f"VAR {group[0]} = {value}"] + [f"VAR {group[j + 1]} = VAR {group[j]}" for j in range(hops)]
+        # RULER's lines, the trailing blank of a copy included
+        [f"VAR {group[0]} = {value}"] + [f"VAR {group[j + 1]} = VAR {group[j]} " for j in range(hops)]
         for group, value in zip(groups, values, strict=True)
     ]
     return groups, lines, values
@@ -384,7 +440,8 @@ def variable_tracking(spec: TaskSpec, rng: random.Random) -> TaskSample:
     """A chain of assignments among noise lines; the answer is every variable holding the first value."""
     groups, lines, values = _chains(rng, VT_CHAINS, VT_HOPS, 5, set())
     inserts = _chain_inserts(rng, lines)
-    tail = _VT_TAIL.format(value=values[0], count=VT_HOPS + 1)
+    question = _VT_QUESTION.format(value=values[0])
+    answer = _VT_ANSWER.format(value=values[0], count=VT_HOPS + 1)
 
     def context(n: int) -> str:
         return "\n".join(_weave([NOISE] * n, inserts))
@@ -392,10 +449,10 @@ def variable_tracking(spec: TaskSpec, rng: random.Random) -> TaskSample:
     # RULER's one-shot example: its own chain (3-letter names, another value) in a few noise lines, answered.
     ex_groups, ex_lines, ex_values = _chains(rng, 1, VT_HOPS, 3, set(values))
     ex_context = "\n".join(_weave([NOISE] * VT_EXAMPLE_NOISES, _chain_inserts(rng, ex_lines)))
-    ex_tail = _VT_TAIL.format(value=ex_values[0], count=VT_HOPS + 1)
+    ex_tail = _VT_QUESTION.format(value=ex_values[0]) + _VT_ANSWER.format(value=ex_values[0], count=VT_HOPS + 1)
     shots = _VT_HEAD + ex_context + ex_tail + " " + " ".join(ex_groups[0]) + "\n\n"
     # The next units are noise lines, after every assignment: cut, they add no variable and no value.
-    return TaskSample(spec.name, _VT_HEAD, context, tail, tuple(groups[0]), shots=shots, filler=noise_lines)
+    return TaskSample(spec.name, _VT_HEAD, context, question, answer, tuple(groups[0]), shots=shots, filler=noise_lines)
 
 
 # ---------------------------------------------------------------- cwe
@@ -406,10 +463,8 @@ _CWE_HEAD = (
     "Below is a numbered list of words. In these words, some appear more often than others. "
     "Memorize the ones that appear most often.\n"
 )
-_CWE_TAIL = (
-    "\nQuestion: What are the 10 most common words in the above list?"
-    " Answer: The top 10 words that appear most often in the list are:"
-)
+_CWE_QUESTION = "\nQuestion: What are the 10 most common words in the above list?"
+_CWE_ANSWER = " Answer: The top 10 words that appear most often in the list are:"
 
 
 def cwe_frequencies(length: int) -> tuple[int, int, tuple[int, int, int]]:
@@ -423,32 +478,37 @@ def _numbered(words: Sequence[str], start: int = 1) -> str:
     return " ".join(f"{i}. {word}" for i, word in enumerate(words, start))
 
 
+def _contains(word: str, part: str) -> bool:
+    """Whether string_match_all would find ``part`` in ``word`` (it ignores case)."""
+    return part.lower() in word.lower()
+
+
 def common_words(spec: TaskSpec, rng: random.Random, length: int) -> TaskSample:
     """A numbered list where 10 words repeat often and the rest rarely; the answer is the 10 common words.
 
-    Words are English (nouns, adjectives, verbs); past the built-in list, adjective-noun pairs. No word of
+    Words are wonderwords' nouns, adjectives and verbs, as RULER's; past those, adjective-noun pairs. No word of
     the sample contains a common word, so a listed word never counts as a common one it merely contains.
     """
     freq_common, freq_rare, (ex_words, ex_common, ex_rare) = cwe_frequencies(length)
-    singles = list(CWE_WORDS)
+    singles = list(word_lists().cwe)
     rng.shuffle(singles)
     common: list[str] = []
     for word in singles:
         if len(common) == CWE_COMMON:
             break
-        if not any(word in other or other in word for other in common):
+        if not any(_contains(word, other) or _contains(other, word) for other in common):
             common.append(word)
     draw = _child(rng)
 
     def others() -> Iterator[str]:
         seen = set(common)
         for word in singles:
-            if word not in seen and not any(c in word for c in common):
+            if word not in seen and not any(_contains(word, c) for c in common):
                 seen.add(word)
                 yield word
         while True:
             pair = _random_value(draw, "words")
-            if pair not in seen and not any(c in pair for c in common):
+            if pair not in seen and not any(_contains(pair, c) for c in common):
                 seen.add(pair)
                 yield pair
 
@@ -472,8 +532,11 @@ def common_words(spec: TaskSpec, rng: random.Random, length: int) -> TaskSample:
 
     ex_listed = example[:CWE_COMMON] * ex_common + example[CWE_COMMON:] * ex_rare
     rng.shuffle(ex_listed)
-    shots = _CWE_HEAD + _numbered(ex_listed) + _CWE_TAIL + " " + _numbered(example[:CWE_COMMON]) + "\n"
-    return TaskSample(spec.name, _CWE_HEAD, context, _CWE_TAIL, tuple(common), shots=shots, filler=filler)
+    ex_tail = _CWE_QUESTION + _CWE_ANSWER
+    shots = _CWE_HEAD + _numbered(ex_listed) + ex_tail + " " + _numbered(example[:CWE_COMMON]) + "\n"
+    return TaskSample(
+        spec.name, _CWE_HEAD, context, _CWE_QUESTION, _CWE_ANSWER, tuple(common), shots=shots, filler=filler
+    )
 
 
 # ---------------------------------------------------------------- fwe
@@ -487,11 +550,11 @@ _FWE_HEAD = (
     "Read the following coded text and track the frequency of each coded word. "
     "Find the three most frequently appeared coded words. "
 )
-_FWE_TAIL = (
+_FWE_QUESTION = (
     "\nQuestion: Do not provide any explanation. Please ignore the dots '....'. "
     "What are the three most frequently appeared words in the above coded text?"
-    " Answer: According to the coded text above, the three most frequently appeared words are:"
 )
+_FWE_ANSWER = " Answer: According to the coded text above, the three most frequently appeared words are:"
 
 
 def fwe_counts(n: int, vocabulary: int) -> list[int]:
@@ -522,7 +585,9 @@ def frequent_words(spec: TaskSpec, rng: random.Random, length: int) -> TaskSampl
         random.Random(f"{order_seed}-{n}").shuffle(words)
         return " ".join(words)
 
-    return TaskSample(spec.name, _FWE_HEAD, context, _FWE_TAIL, tuple(vocabulary[1:4]), filler=_fwe_dots)
+    return TaskSample(
+        spec.name, _FWE_HEAD, context, _FWE_QUESTION, _FWE_ANSWER, tuple(vocabulary[1:4]), filler=_fwe_dots
+    )
 
 
 def _fwe_dots(_units: int, pieces: int, _skip: int = 0) -> str:
@@ -540,7 +605,8 @@ _QA_INSTRUCTION = (
     "Answer the question based on the given documents. Only give me the answer and do not output any other words."
 )
 _QA_HEAD = f"{_QA_INSTRUCTION}\n\nThe following are given documents.\n\n"
-_QA_TAIL = "\n\n" + _QA_INSTRUCTION + "\n\nQuestion: {question} Answer:"
+_QA_QUESTION = "\n\n" + _QA_INSTRUCTION + "\n\nQuestion: {question}"
+_QA_ANSWER = " Answer:"
 _QA_DOCUMENT = "Document {i}:\n{document}"
 SQUAD_SHAPE = '{"data": [{"paragraphs": [{"context": ..., "qas": [{"question": ..., "answers": [{"text": ...}]}]}]}]}'
 HOTPOT_SHAPE = '[{"question": ..., "answer": ..., "context": [[title, [sentence, ...]], ...]}, ...]'
@@ -586,8 +652,10 @@ def question_answering(spec: TaskSpec, rng: random.Random, data: QaData, item: Q
         following = enumerate(order[n + skip : n + skip + pieces], first)
         return "".join("\n\n" + _QA_DOCUMENT.format(i=i, document=data.documents[d]) for i, d in following)
 
-    tail = _QA_TAIL.format(question=item.question)
-    return TaskSample(spec.name, _QA_HEAD, context, tail, item.answers, max_units=len(order), filler=filler)
+    question = _QA_QUESTION.format(question=item.question)
+    return TaskSample(
+        spec.name, _QA_HEAD, context, question, _QA_ANSWER, item.answers, max_units=len(order), filler=filler
+    )
 
 
 def _qa_error(path: str, detail: str) -> RopextError:
@@ -723,7 +791,7 @@ def _question_order(seed: int, task: str, count: int) -> tuple[int, ...]:
 class Resources:
     """What the generators read besides the seed: the essay haystack and the question data."""
 
-    essay: EssayHaystack = field(default_factory=noise_haystack)
+    essay: EssayHaystack = field(default_factory=default_haystack)
     qa: Mapping[str, QaData] = field(default_factory=dict)
 
 
@@ -749,89 +817,27 @@ def make_sample(task: str, seed: int, length: int, index: int, resources: Resour
 
 # ---------------------------------------------------------------- words
 
-_ADJECTIVES = """
-able absent acid active actual afraid agile alert alive amber ample ancient angry annual anxious aquatic arctic
-ardent arid artful autumn awake aware balmy bare basic bitter bland blank bleak blind blond blunt bold bony bouncy
-brave breezy brief bright brisk broad bronze brown bulky busy calm candid capable careful casual cheap cheerful
-chief chilly civic civil classic clean clear clever close cloudy clumsy coastal cold common cool copper cosmic
-costly cozy crisp cruel curly curved cute daily damp dark dear decent deep dense direct dirty distant dizzy double
-drowsy dry dual dusty eager early earnest eastern easy elastic elder electric elegant empty endless equal even exact
-exotic faint fair faithful false famous fancy fast fatal feeble fertile fierce final fine firm flat fluffy fond
-foreign formal fragile frank free fresh friendly frozen frugal full funny fuzzy gentle giant gifted glad global
-glossy golden good graceful grand grateful great greedy green grim gritty gross hairy handy happy hard harsh hasty
-healthy heavy helpful hidden high hollow holy honest hopeful huge humble hungry icy ideal idle imperial inner
-intense ivory jolly jovial joyful junior keen kind large late lavish lazy lean legal level light little lively local
-lofty lonely long loose loud lovely loyal lucky lunar lush major marine massive mature meager medium mellow merry
-mighty mild minor misty modern modest moist molten moral muddy murky narrow native neat nervous neutral new nimble
-noble noisy normal novel numb oblong odd olive open orange ornate outer oval pale patient peaceful perfect petite
-placid plain pleasant plump polar polite poor portly precise pretty prime proud public pure purple quick quiet
-quirky radiant rapid rare raw ready real regal remote rich rigid ripe robust rocky rosy rough round royal rural
-rustic sacred salty sandy scarce secret serene shaggy sharp shiny short shy silent silky silver simple sincere sleek
-slender slim slow small smart smooth snowy soft solar solemn solid sour spare spicy splendid square stable stale
-steady steep sticky stiff stormy stout strange strict strong sturdy subtle sudden sunny super sweet swift tall tame
-tender tense thick thin thirsty tidy tight timid tiny tough tranquil tropical true twin ugly unique upper urban
-urgent useful vacant vague valid vast velvet vital vivid warm wary weary wicked wide wild windy wise witty wooden
-woolly worthy young zealous
-"""
 
-_NOUNS = """
-acorn actor admiral agent airport album alley almond altar anchor angle ankle antelope anthem apple apron arch
-archive arena armchair arrow artist ash atlas attic auction author avenue award badge bakery balcony ballet balloon
-bamboo banana bandit banjo banner barley barn barrel basket bathtub battery beach beacon beaver bee beetle bell
-bench berry bicycle billboard biscuit blanket blossom boat bonnet bookcase boot border bottle boulder bracelet
-branch bread breeze brick bridge broom bubble bucket buffalo bugle building bulb bundle bunker butter button cabin
-cabinet cable cactus camel camera campus canal candle cannon canoe canvas canyon captain caravan carpet carrot cart
-castle cathedral cattle cave cellar cello chair chalk channel chapel charcoal cherry chess chimney chorus cider
-cinema circus citadel city clam cliff clock cloud clover coat cobra coconut coffee coin comet compass concert cookie
-copper coral corner cottage cotton council county courtyard cradle crane crater crayon creek cricket crown crystal
-cupboard curtain cushion cycle dagger dairy daisy dancer dawn deer desert diamond diary dinner dolphin donkey
-doorway dragon drawer dream drum duck dune eagle earring easel eclipse elbow elephant elm ember emerald engine
-envelope falcon farm feather fence ferry festival fiddle field fig filter finger fireplace flag flame flask fleet
-flute fog forest fork fortress fossil fountain fox frame frog furnace galaxy gallery garage garden garlic gate
-gazelle gem ghost ginger giraffe glacier glove goat gondola gorilla grape grass gravel guitar gull hammer hamster
-harbor harp harvest hat hawk hazel hedge helmet herb heron highway hill hive horizon horse hotel island ivy jacket
-jaguar jar jasmine jelly jewel journal jungle kangaroo kayak kettle kitchen kite kitten knight koala ladder lagoon
-lake lamp lantern laptop lava lawn leaf lemon leopard letter library lighthouse lily lime linen lion lizard lobster
-locket lodge lotus lumber magnet mango mantle maple marble market meadow melon mill mirror mitten monastery monkey
-moon mosaic moss moth mountain muffin museum mushroom needle nest nickel notebook oak oasis ocean octopus office
-olive onion orange orchard orchestra organ ostrich otter oven owl oyster paddle pagoda palace panda panther parade
-parrot pasture peach peanut pearl pebble pelican pencil pepper piano pickle pier pigeon pillow pilot pine planet
-plaza plum pocket poem pond poppy porch potato pottery prairie prism pumpkin puppet puzzle pyramid quarry quartz
-quill rabbit raccoon radio rainbow raven reef ribbon ridge river robin rocket roof rooster rose ruby saddle sailor
-salmon sandal satchel saucer scarf school scooter sculpture seal shadow shark shelf shell shield ship shovel shrine
-silk sketch sled slipper snail sofa spider spire sponge spoon squirrel stable stadium statue steeple stone storm
-stove stream street submarine sugar suitcase summit sundial swan sweater table tablet tavern teapot telescope temple
-tent terrace thistle thunder ticket tiger timber toad tomato tower tractor trail train tram treasure trellis trumpet
-tulip tunnel turkey turtle umbrella valley vase velvet village vine violin volcano wagon walnut walrus wardrobe
-waterfall whale wheat wheel whistle willow window wizard wolf workshop yacht yard zebra
-"""
+@dataclass(frozen=True)
+class WordLists:
+    """wonderwords' English word lists, read as RULER reads them (one entry a line, trailing blanks dropped; a few
+    entries are two words or hyphenated, as in RULER)."""
 
-_VERBS = """
-accept accuse achieve adapt admire adopt advise agree allow amuse analyze announce answer appear applaud approve
-argue arrange arrive assemble assist attach attack attempt attend avoid bake balance bargain bathe behave belong
-blame bless blink boast boil borrow bounce breathe brush build bury calculate capture carve celebrate challenge
-charge chase cheer choose clap climb collect comb command compare compete complain complete concentrate confess
-connect consider construct contain continue cough count crawl create crush cultivate dance decide decorate defend
-deliver deny depend describe deserve destroy develop dig discover dissolve divide drag drain dream drift drown dwell
-earn educate elect embrace emerge employ encourage endure enjoy enter escape establish examine exchange excite
-exercise exist expand expect explain explore express extend fasten fetch fill finish float flood flow fold follow
-forgive fry gather gaze glance glide glow grab greet grind grip guard guess guide hammer handle happen harvest hatch
-haunt heal hesitate hover hunt hurry identify ignore imagine impress improve include inform inhale inspect inspire
-install intend interrupt introduce invent invite irritate jog joke juggle jump kneel knit knock label laugh launch
-learn listen march marry match measure melt memorize mend migrate mix multiply murmur negotiate nod notice obey
-observe obtain occur offer open operate order organize overflow own paint pause perform persuade pinch plant play
-plead polish pour practice praise pray preach predict prefer prepare preserve pretend prevent print proceed produce
-promise protect provide pull punish purchase pursue question quiver race rattle reach recite recognize recommend
-record recover reduce reflect refuse rejoice relax release remember remind repair repeat replace reply rescue resign
-resist respond rinse roam roast rob rotate rub rule sail scatter scold scrape scratch scream scrub search separate
-serve settle shave shiver shrug sigh sketch skip slide smash smell smile sneeze snore sparkle speak spill sprinkle
-squeeze stamp stare steer stir stitch stretch strive study succeed suggest supply support suppose surprise surround
-suspect swallow sway swim tackle taste teach tease tempt thank thrive tickle tolerate travel tremble trust twist
-unfold unite unlock vanish visit wander warn wash watch weave whisper wiggle wink wobble wonder worry wrap wrestle
-yawn yell zoom
-"""
-ADJECTIVES: tuple[str, ...] = tuple(_ADJECTIVES.split())
-NOUNS: tuple[str, ...] = tuple(_NOUNS.split())
-"""NIAH's word keys are ``adjective-noun`` (RULER draws them from wonderwords' lists)."""
-CWE_WORDS: tuple[str, ...] = tuple(sorted({*ADJECTIVES, *NOUNS, *_VERBS.split()}))
-"""cwe's English words (RULER: wonderwords' nouns, adjectives and verbs)."""
+    adjectives: tuple[str, ...]
+    nouns: tuple[str, ...]
+    cwe: tuple[str, ...]
+    """Nouns, adjectives and verbs, each once, sorted: RULER's cwe words."""
+
+
+@functools.cache
+def word_lists() -> WordLists:
+    """The lists of the installed wonderwords (a dependency), read once. RULER builds its NIAH keys from the
+    adjectives and nouns and its cwe words from all three lists."""
+    from wonderwords import RandomWord
+
+    def read(category: str) -> tuple[str, ...]:
+        words = RandomWord().filter(include_categories=[category])
+        return tuple(sorted({word.rstrip() for word in words if word.strip()}))
+
+    adjectives, nouns, verbs = read("adjectives"), read("nouns"), read("verbs")
+    return WordLists(adjectives, nouns, tuple(sorted({*adjectives, *nouns, *verbs})))
