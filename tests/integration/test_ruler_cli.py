@@ -384,3 +384,13 @@ def test_a_result_file_of_earlier_prompts_is_refused_before_the_model_loads(
     result = run_cli("eval", "run", "--model", tmp_path / "none", "--tasks", "ruler", "--lengths", "1k",
                      "--json-dir", tmp_path)  # fmt: skip
     assert_clean_error(result, "NVIDIA/RULER@0000000", "new --json")
+
+
+def test_the_official_question_files_run_as_they_are(tiny_model: Path, tmp_path: Path) -> None:
+    """SQuAD 2.0 dev and HotpotQA dev (distractor) files, in their own shapes, enable qa_1 and qa_2."""
+    fixtures = Path(__file__).parents[1] / "unit" / "fixtures"
+    squad, hotpot = fixtures / "squad-dev-v2.0-tiny.json", fixtures / "hotpot_dev_distractor_v1-tiny.json"
+    document = _ruler(tiny_model, tmp_path / "qa.json", "--tasks", "qa_1,qa_2", "--qa-data", squad, "--qa-data", hotpot)
+    tasks = document["results"][str(LENGTH)]["tasks"]
+    assert tasks["qa_1"]["samples"][0]["expected"] in (["Ada Lorne", "Lorne"], ["colza oil"], ["sixteen", "16"])
+    assert tasks["qa_2"]["data"]["path"] == str(hotpot) and 0.0 <= tasks["qa_2"]["score"] <= 1.0

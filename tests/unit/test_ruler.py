@@ -409,6 +409,37 @@ def test_qa_files_are_recognised_by_their_shape(tmp_path: Path) -> None:
     assert len(hotpot.items) == 5 and "City 0\nCity 0 lies on River 0. It is old." in hotpot.documents
 
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_qa_reads_the_official_squad_and_hotpotqa_files(tokenizer: _Tokenizer) -> None:
+    """Tiny files in the exact shapes of SQuAD 2.0's dev-v2.0.json and HotpotQA's hotpot_dev_distractor_v1.json
+    (every field of theirs, values made up): read as they are, no conversion."""
+    data = load_qa_data([FIXTURES / "squad-dev-v2.0-tiny.json", FIXTURES / "hotpot_dev_distractor_v1-tiny.json"])
+    squad, hotpot = data["qa_1"], data["qa_2"]
+    assert [item.question for item in squad.items] == [
+        "Who kept the Skerry light in 1871?",
+        "What fuel did the Skerry lamp burn?",
+        "How many locks climb the Brannock flight?",
+    ]  # the unanswerable (is_impossible) question is left out, as RULER
+    assert squad.items[0].answers == ("Ada Lorne", "Lorne") and squad.items[2].answers == ("sixteen", "16")
+    assert [squad.documents[d] for d in squad.items[0].related] == [
+        "Until 1902 the Skerry lamp burned colza oil, then paraffin."
+    ]  # the article's other paragraphs
+    assert len(squad.documents) == 4
+    assert len(hotpot.items) == 2 and len(hotpot.documents) == 4  # the shared paragraph once, as RULER
+    first = hotpot.items[0]
+    assert first.answers == ("Ada Lorne",) and len(first.gold) == 3  # every paragraph of the record
+    assert "Ada Lorne\nAda Lorne was born in Brannock. She kept lights for forty years." in hotpot.documents
+    resources = Resources(qa=data)
+    for task in QA_TASKS:
+        sample = make_sample(task, 0, 1024, 0, resources)
+        prompt = build_prompt(tokenizer, sample, 1024, new_tokens=32)
+        text = tokenizer.decode(prompt.ids)
+        assert prompt.units == sample.max_units and len(prompt.ids) + 32 < 1024  # all documents: a short prompt
+        assert text.endswith(sample.question + " Answer:") and text.count("Document ") == 4  # every document
+
+
 def test_qa_prompts_hold_the_question_and_its_documents(tmp_path: Path) -> None:
     resources = Resources(qa=load_qa_data([_squad(tmp_path / "squad.json"), _hotpot(tmp_path / "hotpot.json")]))
     squad = make_sample("qa_1", 0, 4096, 0, resources)
