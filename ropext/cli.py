@@ -48,6 +48,7 @@ def list_registered() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ropext.commands.ruler_command import ruler_task_table
     from ropext.evaluate import TASKS
     from ropext.methods import METHODS
     from ropext.registry import load_plugins
@@ -64,6 +65,7 @@ def list_registered() -> None:
         for entry in entries:
             table.add_row(kind, entry.name, ", ".join(entry.aliases), entry.summary)
     Console().print(table)
+    Console().print(ruler_task_table())
 
 
 @app.command()

@@ -19,11 +19,40 @@ from ropext.commands.options import (
 )
 
 
+def ruler_task_table() -> Any:
+    """RULER's tasks as a table (what each tests, what data it needs), for ``ropext ls`` and ``--tasks help``."""
+    from rich.table import Table
+
+    from ropext.evaluate.ruler.tasks import SPECS
+
+    table = Table(title="RULER tasks (ropext eval ruler --tasks …)", show_header=True, header_style="bold")
+    for column in ("task", "what it tests", "data needed"):
+        table.add_column(column)
+    for spec in SPECS.values():
+        table.add_row(spec.name, spec.summary, spec.data)
+    return table
+
+
+def _tasks_help(value: str) -> str:
+    """``--tasks help``: the task table, then exit 0 (eager, so --model and --lengths are not needed)."""
+    if value.strip().lower() == "help":
+        from rich.console import Console
+
+        Console().print(ruler_task_table())
+        raise typer.Exit(0)
+    return value
+
+
 def eval_ruler(
     model: ModelOption,
     lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths, e.g. 4k,8k,16k,32k.")],
     tasks: Annotated[
-        str, typer.Option(help="Comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")
+        str,
+        typer.Option(
+            help="Comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2), all, or help (list them).",
+            is_eager=True,
+            callback=_tasks_help,
+        ),
     ] = "all",
     factors: FactorsOption = None,
     method: MethodOption = None,

@@ -394,3 +394,32 @@ def test_the_official_question_files_run_as_they_are(tiny_model: Path, tmp_path:
     tasks = document["results"][str(LENGTH)]["tasks"]
     assert tasks["qa_1"]["samples"][0]["expected"] in (["Ada Lorne", "Lorne"], ["colza oil"], ["sixteen", "16"])
     assert tasks["qa_2"]["data"]["path"] == str(hotpot) and 0.0 <= tasks["qa_2"]["score"] <= 1.0
+
+
+def _task_rows(stdout: str) -> dict[str, str]:
+    """RULER task -> the text of its row (cells joined over wrapped lines), from the task table."""
+    rows: dict[str, list[str]] = {}
+    current = None
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if len(cells) != 3:
+            current = None
+            continue
+        if cells[0]:
+            current = cells[0] if cells[0] in ALL_TASKS else None
+        if current is not None:
+            rows.setdefault(current, []).append(" ".join(cells[1:]))
+    return {task: " ".join(parts) for task, parts in rows.items()}
+
+
+def test_ls_lists_rulers_tasks_with_the_data_they_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    for args in (("ls",), ("eval", "ruler", "--tasks", "help")):  # --tasks help needs no --model or --lengths
+        result = run_cli(*args)
+        assert_ok(result)
+        rows = _task_rows(result.stdout)
+        assert list(rows) == list(ALL_TASKS), args
+        assert "SQuAD 2.0" in rows["qa_1"] and "--qa-data" in rows["qa_1"]
+        assert "HotpotQA" in rows["qa_2"] and "--qa-data" in rows["qa_2"]
+        assert "prose shipped with ropext" in rows["niah_single_2"] and "variable" in rows["vt"]
+        assert not any("--qa-data" in rows[task] for task in ALL_TASKS if task not in QA_TASKS)

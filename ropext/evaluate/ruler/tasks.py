@@ -70,6 +70,22 @@ class TaskSpec:
     summary: str
     niah: NiahConfig | None = None
 
+    @property
+    def data(self) -> str:
+        """What the task reads besides its generator: shown by ``ropext ls`` and ``--tasks help``."""
+        if self.family == "qa":
+            return QA_DATA[self.name]
+        if self.niah is not None and self.niah.haystack == "essay":
+            return "none (prose shipped with ropext)"
+        return "none"
+
+
+QA_DATA = {
+    "qa_1": "SQuAD 2.0 dev: --qa-data dev-v2.0.json",
+    "qa_2": "HotpotQA dev: --qa-data hotpot_dev_distractor_v1.json",
+}
+"""The question file each QA task needs (docs/ruler.md says where to get them)."""
+
 
 def _niah(name: str, summary: str, **config) -> TaskSpec:
     return TaskSpec(name, "niah", 128, "string_match_all", summary, NiahConfig(**config))
@@ -95,8 +111,8 @@ _SPECS = (
     TaskSpec("vt", "vt", 30, "string_match_all", "variable tracking: every variable of a 5-variable chain"),
     TaskSpec("cwe", "cwe", 120, "string_match_all", "common words extraction: the 10 most common words"),
     TaskSpec("fwe", "fwe", 50, "string_match_all", "frequent words extraction: the 3 most frequent coded words"),
-    TaskSpec("qa_1", "qa", 32, "string_match_part", "question answering over SQuAD-style paragraphs (--qa-data)"),
-    TaskSpec("qa_2", "qa", 32, "string_match_part", "multi-hop QA over HotpotQA-style paragraphs (--qa-data)"),
+    TaskSpec("qa_1", "qa", 32, "string_match_part", "question answering over SQuAD paragraphs"),
+    TaskSpec("qa_2", "qa", 32, "string_match_part", "multi-hop question answering over HotpotQA paragraphs"),
 )  # fmt: skip
 SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 ALL_TASKS: tuple[str, ...] = tuple(SPECS)
@@ -773,8 +789,8 @@ def load_qa_data(paths: Sequence[str | Path]) -> dict[str, QaData]:
 
 
 QA_UNAVAILABLE = {
-    "qa_1": "needs SQuAD-style question data: pass --qa-data FILE (e.g. SQuAD 2.0 dev-v2.0.json)",
-    "qa_2": "needs HotpotQA-style question data: pass --qa-data FILE (e.g. hotpot_dev_distractor_v1.json)",
+    "qa_1": "needs SQuAD-style question data: pass --qa-data FILE (SQuAD 2.0 dev-v2.0.json; docs/ruler.md)",
+    "qa_2": "needs HotpotQA-style question data: pass --qa-data FILE (hotpot_dev_distractor_v1.json; docs/ruler.md)",
 }
 
 
