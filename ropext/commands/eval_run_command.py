@@ -66,6 +66,13 @@ def eval_run(
     max_new_tokens: Annotated[
         int | None, typer.Option(help="ruler: tokens generated per answer (default: RULER's per task).")
     ] = None,
+    chat_template: Annotated[
+        bool | None,
+        typer.Option(
+            "--chat-template/--no-chat-template",
+            help="ruler: wrap prompts in the tokenizer's chat template (default: when it has one).",
+        ),
+    ] = None,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_dir: Annotated[
@@ -93,7 +100,15 @@ def eval_run(
         options["passkey"] = passkey_options(task_lengths["passkey"], depths, trials, seed)
     if "ruler" in names:
         options["ruler"] = ruler_options(
-            task_lengths["ruler"], ruler_tasks, samples, seed, haystack_corpus, qa_data, batch_size, max_new_tokens
+            task_lengths["ruler"],
+            ruler_tasks,
+            samples,
+            seed,
+            haystack_corpus,
+            qa_data,
+            batch_size,
+            max_new_tokens,
+            chat_template,
         )
         refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
     every_length = tuple(sorted({length for chosen in task_lengths.values() for length in chosen}))

@@ -423,3 +423,14 @@ def test_ls_lists_rulers_tasks_with_the_data_they_need(monkeypatch: pytest.Monke
         assert "HotpotQA" in rows["qa_2"] and "--qa-data" in rows["qa_2"]
         assert "prose shipped with ropext" in rows["niah_single_2"] and "variable" in rows["vt"]
         assert not any("--qa-data" in rows[task] for task in ALL_TASKS if task not in QA_TASKS)
+
+
+def test_eval_run_decides_the_chat_template_as_eval_ruler(chat_model: Path, tmp_path: Path) -> None:
+    for flag, chosen in ((), True), (("--no-chat-template",), False):
+        folder = tmp_path / str(chosen)
+        result = run_cli(
+            "eval", "run", "--model", chat_model, "--tasks", "ruler", "--lengths", str(LENGTH), "--ruler-tasks", "fwe",
+            "--samples", "1", "--max-new-tokens", "4", "--device", "cpu", "--json-dir", folder, *flag,
+        )  # fmt: skip
+        assert_ok(result)
+        assert read_json(folder / "ruler.json")["options"]["chat_template"] is chosen
