@@ -55,7 +55,10 @@ def eval_run(
     ] = "all",
     samples: Annotated[int, typer.Option(help="ruler: prompts per task and length.")] = 20,
     haystack_corpus: Annotated[
-        str | None, typer.Option(help="ruler: essay text for the essay-haystack NIAH tasks, as --corpus.")
+        str | None,
+        typer.Option(
+            help="ruler: essay text for the essay-haystack NIAH tasks, as --corpus, or noise (default: shipped prose)."
+        ),
     ] = None,
     qa_data: Annotated[
         list[Path] | None, typer.Option(help="ruler: SQuAD-style and/or HotpotQA-style JSON (repeatable).")

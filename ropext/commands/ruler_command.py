@@ -62,7 +62,10 @@ def eval_ruler(
     seed: Annotated[int, typer.Option(help="Seed of the samples: the same seed gives the same prompts.")] = 0,
     haystack_corpus: Annotated[
         str | None,
-        typer.Option(help="Essay text for the essay-haystack NIAH tasks, as --corpus (default: noise sentences)."),
+        typer.Option(
+            help="Essay text for the essay-haystack NIAH tasks, as --corpus, or noise (default: prose shipped "
+            "with ropext)."
+        ),
     ] = None,
     qa_data: Annotated[
         list[Path] | None,

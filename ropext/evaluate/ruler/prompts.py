@@ -1,19 +1,19 @@
-"""Fitting a RULER sample into a length: the most haystack units whose whole prompt, in the model's own
-tokens, is at most the length, then the start of the sample's filler text that brings it to the length.
+"""Fitting a RULER sample into a budget, the length less the tokens to generate (prompt and answer fit in the
+length together, as in RULER): the most haystack units whose whole prompt, in the model's own tokens, is at most
+the budget, then the start of the sample's filler text that brings it to the budget.
 
 The prompt is the tokenizer's own leading special tokens (a BOS token where the tokenizer adds one, as
 ``tokenizer(text)`` adds it; none where a chat template is applied, which writes its own), then the chat template's
 opening, the worked example (vt, cwe), the instruction, the haystack, the question, the chat template's closing
-(its generation prompt) and the answer prefix. It leaves room for the tokens to generate: prompt and answer fit
-in the length, as in RULER. The unit fit is exact: with ``n`` units the prompt fits and with ``n + 1`` it
-does not. The filler (the next units' text, or neutral text where a cut unit could change the answer; see
-`TaskSample.filler`) then follows the haystack, cut at a character where the prompt reaches the length.
-Where one more character adds at most one token, as it does for ordinary text and byte-level BPE tokenizers,
-the prompt is then exactly the length; where it adds two (a character that is several tokens, or a merge
-undone), it can be one token short. Where no cut comes that close (a token across the haystack's end and the
-question split by the filler's first character, or a newline run merged with the question's), the prompt takes
-one whole unit fewer and more filler (`_RETRIES`). Everything is tokenised as one text: the ids are the
-tokenizer's own for the prompt's text, never token lists cut and joined."""
+(its generation prompt) and the answer prefix. The unit fit is exact: with ``n`` units the prompt fits and with
+``n + 1`` it does not. The filler (the next units' text, or neutral text where a cut unit could change the
+answer; see `TaskSample.filler`) then follows the haystack, cut at a character where the prompt reaches the
+budget. Where one more character adds at most one token, as it does for ordinary text and byte-level BPE
+tokenizers, the prompt is then exactly the budget; where it adds two (a character that is several tokens, or a
+merge undone), it can be one token short. Where no cut comes that close (a token across the haystack's end and
+the question split by the filler's first character, a newline run merged with the question's, a character of
+several tokens), the prompt takes one whole unit fewer, or filler from further on (`_RETRIES`). Everything is
+tokenised as one text: the ids are the tokenizer's own for the prompt's text, never token lists cut and joined."""
 
 from __future__ import annotations
 

@@ -56,15 +56,16 @@ class RulerOptions:
     """
 
     lengths: tuple[int, ...]
-    """Prompt lengths in tokens: every prompt is this long or one token shorter (a qa prompt is shorter when its
-    question file runs out of documents)."""
+    """Lengths in tokens: every prompt and its tokens to generate take this many, or one fewer (a qa prompt is
+    shorter when its question file runs out of documents)."""
     samples: int = DEFAULT_SAMPLES
     """Prompts per task and length."""
     seed: int = 0
     """Sample ``i`` of a task at a length is drawn from ``random.Random(f"{seed}-{task}-{length}-{i}")``."""
     haystack_corpus: str | None = None
     """Essay-like text for niah_single_2/3, niah_multikey_1, niah_multivalue and niah_multiquery (as
-    ``--corpus``: files, folder, hub dataset, python-stdlib); None: RULER's noise sentences."""
+    ``--corpus``: files, folder, hub dataset, python-stdlib); None: the prose shipped with ropext; ``noise``:
+    RULER's noise sentences."""
     max_new_tokens: int | None = None
     """Tokens generated per answer for every task; None: RULER's (niah 128, vt 30, cwe 120, fwe 50, qa 32).
     Prompt and answer fit in the length together."""

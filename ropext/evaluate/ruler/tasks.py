@@ -4,12 +4,13 @@ A generator draws everything random about one sample from ``random.Random(f"{see
 and returns a `TaskSample`: the text before and after the haystack, a function that renders the haystack
 with ``n`` units (noise lines, essay sentences, distractor needles, words or documents), the filler text that
 may follow those ``n`` units without changing the answer, and the expected answers.
-`ropext.evaluate.ruler.prompts` then picks the largest ``n`` whose prompt fits the length in the model's own
-tokens, then the start of the filler that brings it to the length. Needles are placed at depths (fractions)
-drawn once, so a sample is the same whichever ``n`` the fit tries.
+`ropext.evaluate.ruler.prompts` then picks the largest ``n`` whose prompt fits the length (less the tokens to
+generate) in the model's own tokens, then the start of the filler that brings it to that budget. Needles are
+placed at depths (fractions) drawn once, so a sample is the same whichever ``n`` the fit tries.
 
-Templates, needle format, value types and task parameters are RULER's (``constants.py``, ``synthetic.yaml``);
-docs/ruler.md lists where this implementation has to choose.
+Templates, answer prefixes, needle format, value types, word lists (wonderwords) and task parameters are RULER's
+as of `RULER_PROMPTS` (``constants.py``, ``synthetic.yaml``); docs/ruler.md lists where this implementation
+has to choose, and where it differs.
 """
 
 from __future__ import annotations
@@ -282,7 +283,7 @@ def noise_haystack() -> EssayHaystack:
 @functools.cache
 def default_haystack() -> EssayHaystack:
     """RULER's essay tasks read Paul Graham's essays, which are not public domain; ropext ships public-domain
-    essay-like prose instead: the first two volumes (about 1.3M characters, 280k SmolLM2 tokens) of C. H.
+    essay-like prose instead: the first two volumes (about 1.3M characters, 310k SmolLM2 tokens) of C. H.
     Spurgeon's *The Treasury of David*, a commentary. It is read once, and wraps around past its end as any
     haystack text does."""
     from importlib.resources import files
