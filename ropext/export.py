@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ropext.errors import RopextError
+from ropext.permissions import follow_umask
 from ropext.scaling import RopeScaling
 
 YAML_NAME = "rope_scaling.yaml"
@@ -281,6 +282,7 @@ def export_model(
         _write_legacy_rope_scaling(staging / "config.json")
         scaling.save(staging / YAML_NAME)
         verify_exported_config(staging, scaling, rotary_classes)
+        follow_umask(staging)  # safetensors writes private 0600 files, mkdtemp a 0700 folder
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

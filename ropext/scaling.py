@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ropext.errors import RopextError
+from ropext.permissions import new_file_mode
 
 if TYPE_CHECKING:
     import torch
@@ -300,9 +302,17 @@ _Dumper.add_representer(tuple, _represent_list)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name and rename it to ``path``: a reader (or a killed run) never sees
+    half a file. A new file gets the permissions ``open`` would give it (the umask's), an existing one keeps
+    its own (mkstemp alone would make both private)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = new_file_mode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()

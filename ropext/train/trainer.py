@@ -35,6 +35,7 @@ from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import ModelSource
 from ropext.model.sdpa import SDPA_BACKENDS, sdpa_context
+from ropext.permissions import follow_umask
 from ropext.scaling import RopeScaling, write_text_atomic
 from ropext.train import config as ds_config
 from ropext.train.data import PackedWindows, check_fills, training_documents
@@ -595,6 +596,7 @@ def save_pretrained(engine: Any, model: Any, plan: Plan, state: TrainState, worl
         model.config.use_cache = True
         model.save_pretrained(out, state_dict=state_dict)
         plan.tokenizer.save_pretrained(out)
+        follow_umask(*out.glob("*.safetensors"))  # safetensors creates them 0600 whatever the umask
         request = plan.request
         finetuned = {
             "from_model": request.model,

@@ -177,3 +177,20 @@ def test_bf16_export_keeps_float32_rope(tiny_model: Path, tmp_path: Path) -> Non
     model = AutoModelForCausalLM.from_pretrained(out)
     assert next(model.parameters()).dtype == torch.bfloat16
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
+def test_the_exported_folder_and_files_follow_the_umask(tiny_model: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    factors = _factors(tiny_model, "pi", tmp_path)
+    out = tmp_path / "exported"
+    previous = os.umask(0o022)
+    try:
+        assert_ok(run_cli("export", "--model", tiny_model, "--factors", factors, "--out", out))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes[YAML_NAME] == modes["config.json"] == 0o644, modes
+    assert set(modes.values()) == {0o644}, modes

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -212,6 +213,11 @@ def test_saved_folder_reloads_with_the_same_frequencies_and_logits(runs: Runs, i
     assert config["rope_parameters"] == json.loads(json.dumps(expected.rope_parameters))
     assert config["max_position_embeddings"] == expected.max_position_embeddings == 1024
     assert any(out.glob("*.safetensors")) and (out / "tokenizer.json").is_file()
+    # Every file of the model folder has the permissions the user's umask gives (safetensors alone makes 0600).
+    from ropext.permissions import new_file_mode
+
+    for path in (*out.glob("*.safetensors"), out / "config.json", out / "rope_scaling.yaml"):
+        assert stat.S_IMODE(path.stat().st_mode) == new_file_mode(), path
 
     plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     inv_freq = plain.model.rotary_emb.inv_freq
