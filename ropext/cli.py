@@ -23,7 +23,7 @@ from ropext.commands.options import (
     TargetOption,
     passkey_options,
 )
-from ropext.errors import RopextError
+from ropext.errors import Interrupted, RopextError
 
 app = typer.Typer(
     name="ropext",
@@ -178,9 +178,10 @@ def search(
 def _run_searcher(request, out: Path, journal: Path) -> None:
     import os
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from ropext.commands.rerun import command_line
     from ropext.model.loading import load_layout
+    from ropext.progress import ProgressDisplay
+    from ropext.search.journal import saved_evaluations
     from ropext.search.run import run_search
 
     source, layout = load_layout(request.model)
@@ -189,17 +190,19 @@ def _run_searcher(request, out: Path, journal: Path) -> None:
         # Another process of a torchrun launch: it scores its share; rank 0 reports and writes the file.
         run_search(request, source, layout, journal, None)
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_console(), transient=True) as progress:
-        task = progress.add_task(f"{request.searcher}: starting", total=None)
+    with ProgressDisplay(f"{request.searcher} search", unit="evaluation", console=_console()) as shown:
 
         def on_progress(done: int, expected: int, best: float) -> None:
             best_text = f"{best:.4f}" if best != float("inf") else "-"
-            progress.update(
-                task, completed=done, total=max(expected, done), description=f"{request.searcher}: best ppl {best_text}"
-            )
+            shown.update(done, total=max(expected, done), detail=f"best ppl {best_text}")
 
-        scaling = run_search(request, source, layout, journal, on_progress)
+        try:
+            scaling = run_search(request, source, layout, journal, on_progress)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted; {saved_evaluations(journal)} evaluations are saved in {journal}; to continue, "
+                f"rerun the same command: {command_line()}"
+            ) from None
     scaling.save(out)
     prov = scaling.provenance
     typer.echo(
@@ -263,34 +266,36 @@ def _header(task: str, prepared, options: Any) -> dict[str, Any]:
     return result_header(task, prepared, options)
 
 
-def _run_task(task: str, prepared, options: Any, json_path: Path | None) -> dict[str, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from ropext.evaluate import TASKS
-    from ropext.evaluate.progress import RichTracker
+def _open_results(task: str, prepared, options: Any, json_path: Path | None):  # -> ResultFile
+    """The task's result file, locked for this run and checked against what it already holds."""
     from ropext.results import ResultFile
 
-    store = ResultFile(json_path, _header(task, prepared, options))
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=_console(), transient=True) as progress:
-        tracker = RichTracker(progress, on_result=store.record)
-        results = TASKS.get(task)(prepared, options, tracker, done=store.done())
-    store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
-    store.write()
-    return store.document()
+    return ResultFile(json_path, _header(task, prepared, options))
+
+
+def _run_task(task: str, prepared, options: Any, json_path: Path | None, store=None) -> dict[str, Any]:
+    """Run one task, writing each finished length to ``json_path``; ``store``: that file, already opened."""
+    from ropext.commands.rerun import command_line
+    from ropext.evaluate import TASKS
+    from ropext.evaluate.progress import DisplayTracker
+    from ropext.progress import ProgressDisplay
+
+    store = store if store is not None else _open_results(task, prepared, options, json_path)
+    unit = "window" if task == "ppl" else "prompt"
+    with store, ProgressDisplay(task, unit=unit, console=_console()) as shown:
+        try:
+            results = TASKS.get(task)(
+                prepared, options, DisplayTracker(shown, on_result=store.record), done=store.done()
+            )
+        except KeyboardInterrupt:
+            if json_path is None:
+                saved = "nothing was saved (no --json); to keep finished lengths and resume, run"
+            else:
+                saved = f"{len(store.results)} finished results are saved in {json_path}; to continue, rerun"
+            raise Interrupted(f"interrupted; {saved}: {command_line()}") from None
+        store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
+        store.write()
+        return store.document()
 
 
 @eval_app.command("ppl")
@@ -445,10 +450,12 @@ def main() -> None:
     usage_errors, aborts = _command_line_errors()
     try:
         status = app(standalone_mode=False)
+    except Interrupted as err:
+        _fail(str(err), status=130)
     except RopextError as err:
         _fail(str(err))
     except (KeyboardInterrupt, *aborts):
-        _fail("interrupted; results finished so far are saved", status=130)
+        _interrupted()
     except usage_errors as err:
         if not err.format_message():  # `ropext` alone: the help was shown, nothing went wrong
             sys.exit(0)
@@ -463,9 +470,16 @@ def main() -> None:
         raise
     # Typer turns Ctrl-C into a returned status 130 when it runs with standalone_mode=False.
     if status == 130:
-        _fail("interrupted; results finished so far are saved", status=130)
+        _interrupted()
     if isinstance(status, int) and status != 0:
         sys.exit(status)
+
+
+def _interrupted() -> None:
+    """Ctrl-C outside the commands' own handling (loading a model, say): nothing of this run was lost."""
+    from ropext.commands.rerun import command_line
+
+    _fail(f"interrupted; to continue, rerun the same command: {command_line()}", status=130)
 
 
 def _fail(message: str, status: int = 2) -> None:

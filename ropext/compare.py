@@ -13,13 +13,14 @@ from typing import Any
 
 from ropext.evaluate.passkey import PasskeyOptions, evaluate_passkey
 from ropext.evaluate.ppl import PerplexityOptions, evaluate_perplexity
-from ropext.evaluate.progress import QuietTracker, RichTracker
+from ropext.evaluate.progress import DisplayTracker, QuietTracker
 from ropext.lengths import format_length
 from ropext.methods import METHODS
 from ropext.model.apply import apply_scaling
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import load_layout
 from ropext.model.prepared import PreparedModel, prepare_model
+from ropext.progress import ProgressDisplay
 from ropext.results import ResultFile, result_header
 from ropext.scaling import RopeScaling
 
@@ -78,17 +79,14 @@ def scaling_for_spec(spec: str, layout: RotaryLayout, target_length: int) -> Rop
 
 
 def _run(run, prepared: PreparedModel, options: Any, store: ResultFile, show_progress: bool) -> dict[str, Any]:
-    if not show_progress:
-        results = run(prepared, options, QuietTracker(store.record), done=store.done())
-    else:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-            results = run(prepared, options, RichTracker(progress, store.record), done=store.done())
-    store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
-    store.write()
+    with store:
+        if not show_progress:
+            results = run(prepared, options, QuietTracker(store.record), done=store.done())
+        else:
+            with ProgressDisplay("compare", unit="item") as shown:
+                results = run(prepared, options, DisplayTracker(shown, store.record), done=store.done())
+        store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
+        store.write()
     return results
 
 

@@ -6,3 +6,8 @@ class RopextError(Exception):
 
     The CLI prints ``error: <message>`` and exits with status 2; it never shows a traceback for these.
     """
+
+
+class Interrupted(RopextError):
+    """Ctrl-C during a command: the message says what was saved and how to continue; the CLI prints it as one
+    line and exits with status 130."""

@@ -7,6 +7,7 @@ same arguments continues the same file.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,7 +84,7 @@ def eval_run(
     ] = None,
 ) -> None:
     """Several tasks with one model load: ppl, passkey and/or ruler, each with its own result file."""
-    from ropext.cli import _prepare, _print_table, _run_task
+    from ropext.cli import _open_results, _prepare, _print_table, _run_task
     from ropext.commands.ruler_command import _score_table
     from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
     from ropext.lengths import parse_lengths
@@ -118,17 +119,23 @@ def eval_run(
     prepared = _prepare(model, factors, method, target_length, param, device, dtype, every_length)
     if "ruler" in options:  # chat template or not: decided by the tokenizer, stored as chosen
         options["ruler"] = resolve_chat_template(options["ruler"], prepared.tokenizer)
-    for name in names:
-        json_path = json_dir / f"{name}.json" if json_dir is not None else None
-        document = _run_task(name, prepared, options[name], json_path)
-        if name == "ppl":
-            _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
-        elif name == "passkey":
-            _print_table(document, ("accuracy", "depths"))
-        else:
-            _print_table(*_score_table(document))
-        if json_path is not None:
-            typer.echo(f"wrote {json_path}")
+    json_paths = {name: json_dir / f"{name}.json" if json_dir is not None else None for name in names}
+    with ExitStack() as opened:
+        # Every result file is locked and checked before the first task starts, not when its turn comes.
+        stores = {
+            name: opened.enter_context(_open_results(name, prepared, options[name], json_paths[name])) for name in names
+        }
+        for name in names:
+            json_path = json_paths[name]
+            document = _run_task(name, prepared, options[name], json_path, stores[name])
+            if name == "ppl":
+                _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
+            elif name == "passkey":
+                _print_table(document, ("accuracy", "depths"))
+            else:
+                _print_table(*_score_table(document))
+            if json_path is not None:
+                typer.echo(f"wrote {json_path}")
 
 
 def _task_names(text: str) -> list[str]:

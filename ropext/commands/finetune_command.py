@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from ropext.commands.options import ModelOption
+from ropext.commands.rerun import command_line
 from ropext.errors import RopextError
 
 LAUNCHER = "deepspeed"
@@ -125,10 +126,15 @@ def finetune(
             "--batch-tokens, --chunk-tokens 1024, more GPUs, or ZeRO-3 offload in the DeepSpeed config"
         ) from None
     except (Interrupted, KeyboardInterrupt) as err:
-        # Exit 130 like any interrupted command, stating what was saved (typer would turn a
-        # KeyboardInterrupt into a silent exit status here).
+        # Exit 130 like any interrupted command, stating what was saved and the command that continues
+        # (typer would turn a KeyboardInterrupt into a silent exit status here).
         if is_main:
-            print(f"error: {err or 'interrupted before training started; nothing was saved'}", file=sys.stderr)
+            if isinstance(err, Interrupted):  # a checkpoint was saved: --resume continues from it
+                message = f"{err}; to continue, run: {command_line(['--resume'])}"
+            else:
+                said = str(err) or "interrupted before training started; nothing was saved"
+                message = f"{said}; to start again, rerun: {command_line()}"
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(130)
     if result.world.is_main:
         started = f" (resumed at step {result.first_step})" if result.first_step else ""

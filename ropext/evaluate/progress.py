@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ropext.progress import ProgressDisplay
+
 
 class Tracker(Protocol):
     def begin(self, description: str, total: int) -> None: ...
@@ -34,21 +36,17 @@ class QuietTracker:
             self.on_result(key, result)
 
 
-class RichTracker(QuietTracker):
-    """A rich progress bar with elapsed and remaining time."""
+class DisplayTracker(QuietTracker):
+    """Shows the evaluation on a ``ropext.progress.ProgressDisplay``: a bar on a terminal, plain lines in a log."""
 
-    def __init__(self, progress: Any, on_result: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, display: ProgressDisplay, on_result: Callable[[str, dict[str, Any]], None] | None = None
+    ) -> None:
         super().__init__(on_result)
-        self.progress = progress
-        self.task = None
+        self.display = display
 
     def begin(self, description: str, total: int) -> None:
-        if self.task is None:
-            self.task = self.progress.add_task(description, total=total)
-        else:
-            self.progress.update(self.task, description=description, total=total, completed=0)
+        self.display.restart(description, total)
 
     def advance(self, detail: str = "") -> None:
-        self.progress.advance(self.task)
-        if detail:
-            self.progress.update(self.task, description=detail)
+        self.display.advance(description=detail or None)

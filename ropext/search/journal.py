@@ -97,3 +97,12 @@ class Journal:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def saved_evaluations(path: Path) -> int:
+    """How many evaluations a journal holds (complete lines after the header): what a rerun will not redo."""
+    try:
+        lines = path.read_text().split("\n")[1:-1]
+    except FileNotFoundError:
+        return 0
+    return sum(1 for line in lines if line.strip())

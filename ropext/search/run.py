@@ -192,6 +192,8 @@ def run_search(
     replayed = len(engine.cache)
     earlier = replay[1]  # seconds spent by earlier, interrupted runs of this search
     expected = searcher.expected_evaluations(space, params)
+    if request.budget is not None:
+        expected = min(expected, request.budget)  # what the progress bar counts to: the budget stops it there
     best = [min(engine.cache.values(), default=math.inf)]
 
     def record(key: str, scaling: RopeScaling, score: float) -> None:

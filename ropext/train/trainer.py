@@ -36,6 +36,7 @@ from ropext.model.layout import RotaryLayout
 from ropext.model.loading import ModelSource
 from ropext.model.sdpa import SDPA_BACKENDS, sdpa_context
 from ropext.permissions import follow_umask
+from ropext.progress import ProgressDisplay
 from ropext.scaling import RopeScaling, write_text_atomic
 from ropext.train import config as ds_config
 from ropext.train.data import PackedWindows, check_fills, training_documents
@@ -455,8 +456,7 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
                 if float(summary[1]) > 0:
                     tag = save_checkpoint(engine, plan, state, world)
                     raise Interrupted(
-                        f"interrupted at step {state.step}; saved checkpoint {checkpoint_dir(request.out) / tag}, "
-                        "continue with the same command and --resume"
+                        f"interrupted at step {state.step}; saved checkpoint {checkpoint_dir(request.out) / tag}"
                     )
                 if request.save_every and state.step % request.save_every == 0:
                     tag = save_checkpoint(engine, plan, state, world)
@@ -643,45 +643,27 @@ class _StopOnSignal:
 
 
 class _Reporter:
-    """Rank 0's view: a rich progress bar (loss, tokens/s, ETA) and metrics.jsonl, one line per step.
-
-    Where stderr is not a terminal (a batch job's log) the bar would show nothing, so a plain line is
-    printed every 5% of the run instead.
-    """
+    """Rank 0's view: progress (``ropext.progress``: a rich bar with loss, tokens/s and ETA on a terminal, plain
+    lines in a batch job's log) and metrics.jsonl, one line per step."""
 
     def __init__(self, plan: Plan, world: World, console: Any, state: TrainState) -> None:
         self.active = world.is_main
         self.steps = plan.request.steps
         self.path = plan.request.out / METRICS
-        self.progress: Any = None
         self.console = console
+        self.shown: ProgressDisplay | None = None
         if not self.active:
             return
         plan.request.out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(self.path, state.step)
         self.file = self.path.open("a")
-        self.interactive = bool(console is not None and console.is_terminal)
-        self.every = max(1, self.steps // 20)
         self.first_step = state.step
 
     def __enter__(self) -> _Reporter:
-        if self.active and self.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            columns = (
-                TextColumn("finetune"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[speed]} tok/s"),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-            )
-            self.progress = Progress(*columns, console=self.console, transient=True)
-            self.progress.start()
-            self.task = self.progress.add_task(
-                "finetune", total=self.steps, completed=self.first_step, loss="-", speed="-"
-            )
+        if self.active and self.console is not None:
+            self.shown = ProgressDisplay(
+                "finetune", total=self.steps, completed=self.first_step, unit="step", console=self.console
+            ).start()
         return self
 
     def step(self, state: TrainState, loss: float, lr: float, tokens_per_s: float) -> None:
@@ -698,22 +680,17 @@ class _Reporter:
         }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.step, loss=f"{loss:.4f}", speed=f"{tokens_per_s:,.0f}")
-        elif self.console is not None and (state.step % self.every == 0 or state.step == self.steps):
-            self.console.print(
-                f"step {state.step}/{self.steps}: loss {loss:.4f}, {tokens_per_s:,.0f} tokens/s, lr {lr:.3g}",
-                highlight=False,
-            )
+        if self.shown is not None:
+            self.shown.update(state.step, detail=f"loss {loss:.4f}, {tokens_per_s:,.0f} tokens/s, lr {lr:.3g}")
 
     def note(self, message: str) -> None:
         if self.active and self.console is not None:
             self.console.print(message, highlight=False)
 
     def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.shown is not None:
+            self.shown.stop()
+            self.shown = None
 
     def close(self) -> None:
         self.__exit__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -155,6 +156,17 @@ def test_loss_goes_down_and_metrics_are_complete(runs: Runs) -> None:
     assert f"wrote {runs.out}: {FIRST_STEPS} steps" in runs.first.stdout
 
 
+def test_a_log_gets_plain_progress_lines_during_training(runs: Runs) -> None:
+    # stderr was a pipe, not a terminal: plain lines, no escape codes, counting steps up to the end.
+    assert "\x1b" not in runs.first.stderr, str(runs.first)
+    lines = [line for line in runs.first.stderr.splitlines() if line.startswith("finetune: ")]
+    counts = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert counts[0] == 0 and counts[-1] == FIRST_STEPS and 0 < counts[1] < FIRST_STEPS, lines
+    assert all(f"/{FIRST_STEPS} (" in line for line in lines), lines
+    assert "s/step" in lines[-1] or "steps/s" in lines[-1], lines
+    assert "loss " in lines[-1], lines
+
+
 def test_checkpoints_every_n_steps_keep_the_newest(runs: Runs) -> None:
     # --save-every 4 saved steps 4, 8 and 12; --keep-checkpoints 1 (default) pruned the older two.
     assert runs.first_checkpoints == ["step-12"]
@@ -173,11 +185,14 @@ def test_resume_continues_from_the_checkpoint(runs: Runs) -> None:
     assert metrics[FIRST_STEPS]["seconds"] > runs.first_metrics[-1]["seconds"]
 
 
-def test_sigint_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(runs: Runs) -> None:
+def test_sigint_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(runs: Runs, inputs: Inputs) -> None:
     result, step = runs.interrupted, runs.interrupted_step
     assert result.code == 130, str(result)
     assert "Traceback" not in result.stderr, str(result)
     assert result.last_stderr_line.startswith(f"error: interrupted at step {step}; saved checkpoint"), str(result)
+    # The exact command that continues: the one that ran, with --resume added.
+    command = shlex.join(["ropext", *map(str, _finetune(inputs, runs.interrupted_out, 100_000)), "--resume"])
+    assert result.last_stderr_line.endswith(f"; to continue, run: {command}"), str(result)
     assert runs.interrupted_latest == f"step-{step}"
     assert [m["step"] for m in runs.interrupted_metrics] == list(range(1, step + 1))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -220,6 +221,39 @@ def test_killed_search_resumes_to_the_uninterrupted_result(
         assert math.isclose(record["score"], straight_scores[record["key"]], rel_tol=1e-6)
 
 
+def test_interrupted_search_says_how_to_continue(tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path) -> None:
+    out = tmp_path / "interrupted.yaml"
+    args = search_args(tiny_model, corpus_files.folder, out, *RESUMABLE, **RESUMABLE_SIZE)
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ropext", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_for_evaluations(process, journal_of(out), KILL_AFTER, timeout=120)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    result = CliResult(process.returncode, stdout, stderr)
+    assert result.code == 130 and "Traceback" not in result.stderr, str(result)
+    _, saved = read_journal(journal_of(out))
+    command = shlex.join(["ropext", *map(str, args)])
+    assert result.last_stderr_line == (
+        f"error: interrupted; {len(saved)} evaluations are saved in {journal_of(out)}; to continue, rerun the same "
+        f"command: {command}"
+    ), str(result)
+    assert not out.exists()
+    again = run_cli(*args)
+    assert_ok(again)
+    assert RopeScaling.load(out).provenance["replayed_evaluations"] == len(saved)
+
+
 # --------------------------------------------------------------------------- budget
 
 
@@ -236,6 +270,11 @@ def test_budget_stops_after_that_many_evaluations(tiny_model: Path, corpus_files
     assert scaling.provenance["score"] == best["score"]
     assert list(scaling.factors) == best["factors"]
     assert "--budget" in result.stdout
+    # stderr was not a terminal: plain progress lines, counting to the budget, not to DCIS's own 29.
+    assert "\x1b" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("dcis search: ")]
+    assert lines and all(" (" in line and line.split()[2].endswith("/5") for line in lines), result.stderr
+    assert lines[-1].startswith("dcis search: 5/5 (100%)") and "best ppl " in lines[-1], lines
 
 
 # --------------------------------------------------------------------------- critical floor
