@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +211,90 @@ def test_passkey_rerun_with_more_lengths_resumes(tiny_model: Path, tmp_path: Pat
     assert second["results"]["128"] == first["results"]["128"]
     assert list(second["results"]) == ["128", "200"]
     assert all(sample["prompt_tokens"] <= 200 for sample in second["results"]["200"]["samples"])
+
+
+# ---------------------------------------------------------------- progress, interrupts, busy result files
+
+
+def _popen(*args: str | Path) -> subprocess.Popen[str]:
+    """``python -m ropext ARGS`` with stdout and stderr into one pipe (not a terminal, as in a CI log)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("NO_COLOR", "FORCE_COLOR")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ropext", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "COLUMNS": "200"},
+    )
+
+
+def _passkey_args(model: Path, json_out: Path, lengths: str = "128,256", trials: str = "6") -> list[str | Path]:
+    return [
+        "eval", "passkey", "--model", model, "--lengths", lengths, "--depths", "0,0.5,1", "--trials", trials,
+        "--json", json_out, "--device", "cpu",
+    ]  # fmt: skip
+
+
+def test_a_log_gets_plain_progress_lines_while_the_evaluation_runs(tiny_model: Path, tmp_path: Path) -> None:
+    json_out = tmp_path / "progress.json"
+    process = _popen(*_passkey_args(tiny_model, json_out))
+    lines, while_running = [], []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("passkey"):
+            while_running.append(json_out.exists() and len(read_json(json_out)["results"]) == 2)
+    assert process.wait(timeout=300) == 0, "\n".join(lines)
+    output = "\n".join(lines)
+    assert "\x1b" not in output, output  # no colour or cursor codes in a log
+    progress = [line for line in lines if line.startswith("passkey") and "/36 (" in line]
+    counts = [int(line.split(": ")[1].split("/")[0]) for line in progress]
+    # Lines from the start through the middle to the end, each before the final table, and most of them
+    # printed while results were still missing from the file.
+    assert counts[0] == 0 and counts[-1] == 36 and any(0 < count < 36 for count in counts), output
+    assert lines.index(progress[-1]) < next(i for i, line in enumerate(lines) if "accuracy" in line), output
+    assert while_running.count(False) >= 2, output
+    assert "prompts/s" in progress[-1] or "s/prompt" in progress[-1], output
+
+
+def test_interrupted_eval_says_how_to_continue_and_resumes_identically(tiny_model: Path, tmp_path: Path) -> None:
+    json_out, straight = tmp_path / "interrupted.json", tmp_path / "straight.json"
+    args = _passkey_args(tiny_model, json_out, lengths="128,256,512", trials="8")
+    process = _popen(*args)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if json_out.exists() and read_json(json_out)["results"]:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output, output
+    saved = read_json(json_out)["results"]
+    assert 0 < len(saved) < 3, output
+    last = [line for line in output.splitlines() if line.strip()][-1]
+    assert last == (
+        f"error: interrupted; {len(saved)} finished results are saved in {json_out}; to continue, rerun: "
+        + shlex.join(["ropext", *map(str, args)])
+    ), output
+    assert_ok(run_cli(*args))
+    assert_ok(run_cli(*_passkey_args(tiny_model, straight, lengths="128,256,512", trials="8")))
+    resumed, uninterrupted = read_json(json_out)["results"], read_json(straight)["results"]
+    for length in ("128", "256", "512"):
+        for name in ("accuracy", "depths", "samples"):
+            assert resumed[length][name] == uninterrupted[length][name], (length, name)
+
+
+def test_a_result_file_in_use_by_another_run_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    """Two runs with different scalings and one --json: the second fails at once; the first's results stay."""
+    from ropext.locking import FileLock
+
+    json_out = tmp_path / "busy.json"
+    with FileLock(json_out):  # another run holds it
+        result = run_cli(
+            *_passkey_args(tiny_model, json_out, lengths="128", trials="1"), "--method", "yarn", "-t", "1k"
+        )
+        assert_clean_error(result, f"{json_out} is in use by another run (pid {os.getpid()})")
+    assert not json_out.exists()
+    assert_ok(run_cli(*_passkey_args(tiny_model, json_out, lengths="128", trials="1")))
+    assert not json_out.with_name("busy.json.lock").exists()
