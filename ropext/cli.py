@@ -289,10 +289,14 @@ def _run_task(task: str, prepared, options: Any, json_path: Path | None, store=N
             )
         except KeyboardInterrupt:
             if json_path is None:
-                saved = "nothing was saved (no --json); to keep finished lengths and resume, run"
-            else:
-                saved = f"{len(store.results)} finished results are saved in {json_path}; to continue, rerun"
-            raise Interrupted(f"interrupted; {saved}: {command_line()}") from None
+                raise Interrupted(
+                    "interrupted; nothing was saved (no --json); to keep finished lengths and resume, run: "
+                    f"{command_line()} --json FILE"
+                ) from None
+            raise Interrupted(
+                f"interrupted; {len(store.results)} finished results are saved in {json_path}; to continue, "
+                f"rerun: {command_line()}"
+            ) from None
         store.results = {**store.results, **results}  # a rerun with fewer lengths keeps the others
         store.write()
         return store.document()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -352,6 +353,10 @@ class Section:
     """(label, file) -> the lengths where that file's result differs from an earlier file's, as shown."""
     corpus_note: str | None = None
     """Why several corpus paths count as one corpus."""
+    split_note: str | None = None
+    """Why sections that differ only by their corpus are not one (``_explain_corpus_splits``)."""
+    corpus_identities: list[str] = field(default_factory=list)
+    """ppl: the corpus identities (``corpus_identity``) of its files."""
 
     @property
     def model(self) -> str:
@@ -396,7 +401,50 @@ def build_sections(docs: Sequence[ResultDoc], labels: dict[SeriesKey, str]) -> l
     sections = [_section(group, labels, corpora) for group in grouped.values()]
     ordered = sorted(sections, key=lambda s: list(TASK_TITLES).index(s.task))
     _mark_distinct_options(ordered)
+    _explain_corpus_splits(ordered)
     return ordered
+
+
+def _explain_corpus_splits(sections: Sequence[Section]) -> None:
+    """Say, in each of two sections that differ only by their corpus, what differed: their fingerprints, and
+    when they read a file at the same path, that the file changed between the runs (the fingerprint hashes
+    path, size and modification time). Otherwise two sections of one path look like a mistake."""
+    for section in sections:
+        if not section.corpus_identities:
+            continue
+        rest = {k: v for k, v in section.identity.items() if k != "corpus"}
+        reasons = []
+        for other in sections:
+            if other is section or other.task != section.task or not other.corpus_identities:
+                continue
+            if {k: v for k, v in other.identity.items() if k != "corpus"} != rest:
+                continue
+            shared = [path for path in section.corpora if path in other.corpora]
+            mine, theirs = _fingerprints(section), _fingerprints(other)
+            if shared:
+                reasons.append(
+                    f"Not merged with “{other.title}”, though both read "
+                    + " / ".join(f"`{path}`" for path in shared)
+                    + f": these results carry corpus fingerprint {mine}, those {theirs}. The fingerprint hashes the "
+                    "file's path, size and modification time: the file was changed or replaced between the runs, "
+                    "and no series measured on both gives the same log-likelihood to show the text is the same."
+                )
+            else:
+                reasons.append(
+                    f"Not merged with “{other.title}”: another corpus (fingerprint {mine} here, "
+                    f"{theirs} there), and no series measured on both gives the same log-likelihood."
+                )
+        if reasons:
+            section.split_note = " ".join(reasons)
+
+
+def _fingerprints(section: Section) -> str:
+    """``7748eb8d`` (or several, joined by ``+``); a file written before fingerprints existed: ``none (path …)``."""
+    shown = []
+    for identity in section.corpus_identities:
+        kind, _, value = identity.partition(" ")
+        shown += [f"`{fingerprint}`" for fingerprint in value.split("+")] if kind == "fingerprint" else ["none"]
+    return " + ".join(dict.fromkeys(shown))
 
 
 def _corpus_root(doc: ResultDoc, corpora: CorpusGroups) -> str | None:
@@ -413,6 +461,7 @@ def _section(docs: Sequence[ResultDoc], labels: dict[SeriesKey, str], corpora: C
     identity = _comparable_options(first.options, _corpus_root(first, corpora))
     paths = [str(doc.options["corpus"]) for doc in docs if corpus_identity(doc) is not None]
     section = Section(first.task, first.options, identity, models, list(dict.fromkeys(paths)))
+    section.corpus_identities = sorted({i for i in map(corpus_identity, docs) if i is not None})
     names = section_labels(keys, labels, main)
     for doc in docs:
         key = label_key(doc)
@@ -727,6 +776,20 @@ def _length_axis(ax: Any, lengths: Sequence[int]) -> None:
     ax.set_xlabel("length (tokens)")
 
 
+def _figure_title(fig: Any, text: str, fontsize: str | float = "medium") -> None:
+    """The title over the whole figure, broken into lines where it would be wider than the figure. A title
+    naming several models, corpus paths and options is often wider than the plot; drawn as the axes' title,
+    centred over axes that a legend pushes to the left, it was cut off at the figure's edge."""
+    title = fig.suptitle(text, fontsize=fontsize)
+    renderer = fig.canvas.get_renderer()
+    room = fig.bbox.width * 0.96
+    width = title.get_window_extent(renderer).width
+    columns = int(len(text) * room / width) if width > room else 0
+    while columns > 10 and title.get_window_extent(renderer).width > room:
+        title.set_text(textwrap.fill(text, columns))
+        columns -= 4
+
+
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -760,7 +823,7 @@ def plot_ppl(section: Section, order: list[str], styles: dict[str, Style], path:
     _log10_axis(ax, values)
     _length_axis(ax, section.lengths)
     ax.set_ylabel("perplexity (log scale)")
-    ax.set_title(section.plot_title, fontsize="medium")
+    _figure_title(fig, section.plot_title)
     ax.grid(True, which="both", alpha=0.3)
     _legend(ax, len(order))
     _save(fig, path)
@@ -836,7 +899,7 @@ def plot_passkey(section: Section, order: list[str], path: Path) -> None:
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=axes, fraction=0.04, pad=0.01, label="accuracy")
-    fig.suptitle(f"{section.plot_title}: accuracy by depth of the key and length", fontsize=10)
+    _figure_title(fig, f"{section.plot_title}: accuracy by depth of the key and length", fontsize=10)
     _save(fig, path)
 
 
@@ -855,7 +918,7 @@ def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], pat
     _length_axis(ax, section.lengths)
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel(f"average score ({_scored_task_count(section)} tasks)")
-    ax.set_title(section.plot_title, fontsize="medium")
+    _figure_title(fig, section.plot_title)
     ax.grid(True, alpha=0.3)
     _legend(ax, len(order))
     _save(fig, path)
@@ -919,7 +982,7 @@ def plot_factors(
     ax.set_ylabel("factor λ_i (log scale)")
     ax.grid(True, which="major", alpha=0.3)
     layout = f"θ = {theta:g}, d = {dim}, L0 = {format_length(l0)}"
-    ax.set_title(f"{short_model(model)}: per-pair factors of every scaling ({layout})", fontsize="medium")
+    _figure_title(fig, f"{short_model(model)}: per-pair factors of every scaling ({layout})")
     _wavelength_axis(ax, theta, dim, wavelength)
     _legend(ax, len(order))
     _save(fig, path)
@@ -1096,7 +1159,8 @@ def _section_header(section: Section) -> list[str]:
     shown = [(k, v) for k, v in section.options.items() if k != "lengths" and v is not None]
     options = ", ".join(f"{k} {_option_value(section, k, v)}" for k, v in shown)
     note = f" {section.corpus_note}" if section.corpus_note else ""
-    return [*lines, f"Options: {options}.{note}", ""]
+    lines += [f"Options: {options}.{note}", ""]
+    return [*lines, section.split_note, ""] if section.split_note else lines
 
 
 def _option_value(section: Section, name: str, value: Any) -> str:

@@ -317,3 +317,50 @@ def test_plots_of_two_corpora_are_named_by_the_corpus_files(tmp_path: Path) -> N
         "ppl-smollm2-135m-corpus-b.jsonl.png",
         "ppl-smollm2-135m-corpus-books-dev.jsonl.gz.png",
     ]
+
+
+def test_a_section_split_off_by_its_fingerprint_says_why(tmp_path: Path) -> None:
+    changed = read_json(SEARCH_32K / "ppl-pi-32k.json")
+    for result in changed["results"].values():
+        result["corpus_fingerprint"] = "0123456789abcdef"  # the same path, the file changed since
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    out = tmp_path / "out"
+    assert_ok(run_cli("report", SEARCH_32K / "ppl-yarn-32k.json", tmp_path / "changed.json", "--out", out))
+    page = (out / "report.md").read_text()
+    notes = [line for line in page.splitlines() if line.startswith("Not merged with “Perplexity")]
+    assert len(notes) == 2, page  # each of the two sections names the other and what differed
+    assert "both read `.device/data/books-dev.jsonl.gz`" in notes[0]
+    assert "fingerprint `7402cbda16a3c2e0`, those `0123456789abcdef`" in notes[0]
+    assert "fingerprint `0123456789abcdef`, those `7402cbda16a3c2e0`" in notes[1]
+    assert "changed or replaced between the runs" in notes[1]
+    # Sections that differ by something else as well say nothing of the corpus.
+    other = _variant(tmp_path, SEARCH_32K / "ppl-pi-32k.json", "docs.json", options={"skip_docs": 0})
+    assert all(s.split_note is None for s in _sections(SEARCH_32K / "ppl-yarn-32k.json", other))
+
+
+def test_every_plot_title_fits_in_its_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long titles (several models, two corpus paths, the option that sets the section apart) are wrapped,
+    not cut off at the figure's edge."""
+    import ropext.report
+
+    figures = []
+    saved = ropext.report._save
+
+    def keep(fig: Any, path: Path) -> None:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        titles = [fig._suptitle] + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title)]
+        shown = [(t.get_text(), t.get_window_extent(renderer)) for t in titles if t is not None and t.get_text()]
+        figures.append((path.name, fig.bbox.x0, fig.bbox.x1, shown))
+        saved(fig, path)
+
+    monkeypatch.setattr(ropext.report, "_save", keep)
+    files = [*METHOD_FILES, *sorted(SEARCH_32K.glob("*.json")), *sorted(FINETUNE.glob("*/*.json"))]
+    files += sorted((BENCH / "critical-floor-h100").glob("*.json"))
+    ropext.report.write_report(files, tmp_path / "out")
+    longest = max(len(text) for _, _, _, shown in figures for text, _ in shown)
+    assert longest > 110, "no title long enough to need wrapping"
+    for name, left, right, shown in figures:
+        assert shown, name
+        for text, box in shown:
+            assert left <= box.x0 and box.x1 <= right, f"{name}: title {text!r} spans {box.x0:.0f}..{box.x1:.0f}"
