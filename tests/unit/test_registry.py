@@ -137,7 +137,10 @@ def test_an_interrupted_command_exits_130_with_one_line(monkeypatch: pytest.Monk
 
     # Typer returns 130 (instead of raising) when Ctrl-C stops a command run with standalone_mode=False.
     monkeypatch.setattr(cli, "app", lambda standalone_mode: 130)
+    monkeypatch.setattr("sys.argv", ["ropext", "eval", "ppl", "--corpus", "my docs"])
     with pytest.raises(SystemExit) as stopped:
         cli.main()
     assert stopped.value.code == 130
-    assert capsys.readouterr().err.strip() == "error: interrupted; results finished so far are saved"
+    assert capsys.readouterr().err.strip() == (
+        "error: interrupted; to continue, rerun the same command: ropext eval ppl --corpus 'my docs'"
+    )
