@@ -26,9 +26,15 @@ class FileLock:
     def acquire(self) -> FileLock:
         import fcntl
 
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, new_file_mode())
+            try:
+                self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, new_file_mode())
+            except OSError as err:
+                raise RopextError(
+                    f"cannot write beside {self.path} ({err.strerror}): give a {self.option} path in a folder you "
+                    "can write to"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

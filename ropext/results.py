@@ -83,6 +83,8 @@ class ResultFile:
             text = self.path.read_text()
         except FileNotFoundError:
             return {}
+        except IsADirectoryError:
+            raise RopextError(f"--json {self.path} is a folder; give the path of a file") from None
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -114,3 +114,24 @@ def test_two_processes_on_one_file_one_is_refused(tmp_path: Path) -> None:
     # Killed (-9): the kernel released its lock; a different run is now refused as one, not as busy.
     with pytest.raises(RopextError, match="different run"):
         ResultFile(path, {"task": "ppl", "model": "m", "scaling": {"method": "yarn"}, "options": {}})
+
+
+def test_a_folder_as_the_result_file_is_one_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    with pytest.raises(RopextError, match="is a folder; give the path of a file"):
+        ResultFile(folder, _header())
+    assert not (tmp_path / "results.lock").exists()
+
+
+def test_a_result_file_in_a_read_only_folder_is_one_clear_error(tmp_path: Path) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if os.access(read_only, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(RopextError, match=r"cannot write beside .*ro/r\.json"):
+            ResultFile(read_only / "r.json", _header())
+    finally:
+        read_only.chmod(0o755)
