@@ -165,8 +165,6 @@ def search(
 
         if corpus is None:
             raise RopextError(f"searcher {method} needs --corpus (the text whose perplexity guides it)")
-        if samples < 1:
-            raise RopextError(f"--samples must be at least 1, got {samples}")
         from ropext.model.device import check_device
 
         chosen_devices = tuple(check_device(d, "--devices") for d in (devices or "").split(",") if d.strip())
