@@ -223,3 +223,43 @@ def test_parsing_catches_what_the_documentation_could_get_wrong(arguments: list[
 def test_group_options_before_the_command_are_parsed() -> None:
     # DeepSpeed's launcher puts --local_rank before the command.
     assert parse_command_line(["--local_rank=0", "ls"]).command.name == "ls"
+
+
+OTHER_PROGRAMS_OPTIONS = {
+    # Options the documents name that belong to other programs, with whose they are.
+    "--hostfile": "deepspeed's launcher",
+    "--master_addr": "deepspeed's launcher",
+    "--master_port": "deepspeed's launcher",
+    "--num_gpus": "deepspeed's launcher",
+    "--module": "deepspeed's launcher",
+    "--launcher": "deepspeed's launcher",
+    "--nproc_per_node": "torchrun",
+}
+
+
+def _ropext_options() -> set[str]:
+    found = {"--help"}
+    pending = [typer.main.get_command(app)]
+    while pending:
+        command = pending.pop()
+        for param in command.params:
+            found.update(param.opts)
+            found.update(param.secondary_opts)
+        if isinstance(command, TyperGroup):
+            pending.extend(command.commands.values())
+    return found
+
+
+def _bench_options() -> set[str]:
+    """The options of the benchmark scripts (bench/*.py, argparse), which docs/results.md runs."""
+    pattern = re.compile(r"add_argument\(\s*\"(--[a-z][a-z0-9_-]*)\"")
+    return {option for path in (ROOT / "bench").glob("*.py") for option in pattern.findall(path.read_text())}
+
+
+def test_every_option_the_documents_name_exists() -> None:
+    known = _ropext_options() | _bench_options() | set(OTHER_PROGRAMS_OPTIONS)
+    named = {}
+    for path in DOCUMENTS:
+        for option in re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", path.read_text()):
+            named.setdefault(option, path.relative_to(ROOT).as_posix())
+    assert {option: where for option, where in named.items() if option not in known} == {}
