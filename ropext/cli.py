@@ -35,6 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Click's plain help: rich's option table tags every flag <bool>, as if it took a value.
     rich_markup_mode=None,
+    context_settings={"max_content_width": 120},  # Click's default of 80 cuts command summaries short
 )
 eval_app = typer.Typer(
     help="Evaluate a model (optionally rescaled) on long inputs.", no_args_is_help=True, rich_markup_mode=None
