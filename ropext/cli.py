@@ -529,7 +529,12 @@ def main() -> None:
     except (KeyboardInterrupt, *aborts):
         _fail("interrupted; results finished so far are saved", status=130)
     except usage_errors as err:
-        if not err.format_message():  # `ropext` alone: the help was shown, nothing went wrong
+        # `ropext` or `ropext eval` alone: the help is the answer, nothing went wrong. (Matched by name, as
+        # Typer does, since the class lives in Typer's vendored Click.)
+        if type(err).__name__ == "NoArgsIsHelpError":
+            typer.echo(err.format_message())
+            sys.exit(0)
+        if not err.format_message():
             sys.exit(0)
         context = getattr(err, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""

@@ -143,6 +143,15 @@ def test_help_shows_flags_without_a_value_type(command: list[str]) -> None:
     assert flag in result.stdout
 
 
+@pytest.mark.parametrize(("command", "listed"), [([], "search"), (["eval"], "passkey")])
+def test_a_group_alone_prints_its_help(command: list[str], listed: str) -> None:
+    result = run_cli_subprocess(*command)
+    assert_ok(result)
+    assert result.stdout.startswith("Usage: ")
+    assert f"  {listed} " in result.stdout
+    assert "error" not in result.stderr
+
+
 def test_inspect_of_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
     assert_clean_error(run_cli("inspect", tmp_path), str(tmp_path), "is a folder", "scaling YAML file")
 
