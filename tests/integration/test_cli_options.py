@@ -4,6 +4,7 @@ be positive, ``--version``, help text, and a folder given where a scaling YAML i
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,23 @@ def test_max_len_starts_at_the_scalings_original_context(tiny_model: Path, tmp_p
     )  # fmt: skip
     assert_ok(result)
     assert read_json(json_out)["options"]["lengths"] == [256, 512, 1024]
+
+
+def test_ruler_max_len_evaluates_the_original_context_doubling_up_to_it(tiny_model: Path, tmp_path: Path) -> None:
+    # RULER's prompts need more than the tiny model's 256 tokens: the same weights, trained (says the config) to 1k.
+    model = tmp_path / "tiny-1k"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    json_out = tmp_path / "ruler.json"
+    result = run_cli(
+        "eval", "ruler", "--model", model, "--max-len", "2k", "--tasks", "vt", "--samples", "1",
+        "--device", "cpu", "--json", json_out,
+    )  # fmt: skip
+    assert_ok(result)
+    document = read_json(json_out)
+    assert document["options"]["lengths"] == [1024, 2048]
+    assert list(document["results"]) == ["1024", "2048"]
 
 
 def test_eval_run_max_len_serves_tasks_without_lengths_of_their_own(
