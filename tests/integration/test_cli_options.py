@@ -105,6 +105,23 @@ def test_length_errors_name_the_flag_the_user_typed(arguments: list[str], fragme
     assert_clean_error(run_cli(*arguments[:2], "--model", tiny_model, *arguments[2:]), fragment)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "option"),
+    [
+        (["eval", "passkey", "--max-len", "10000000000"], "--max-len"),
+        (
+            ["eval", "run", "--tasks", "passkey,ruler", "--lengths", "256", "--ruler-lengths", "10000000000"],
+            "--ruler-lengths",
+        ),
+    ],
+)
+def test_a_length_no_memory_holds_is_named_under_its_option(
+    arguments: list[str], option: str, tiny_model: Path
+) -> None:
+    result = run_cli(*arguments[:2], "--model", tiny_model, "--device", "cpu", *arguments[2:])
+    assert_clean_error(result, f"{option} ", "a window of")
+
+
 @pytest.mark.parametrize("value", ["0", "-5"])
 @pytest.mark.parametrize(
     "command",
