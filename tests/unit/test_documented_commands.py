@@ -35,8 +35,8 @@ PLACEHOLDER_LINES: dict[str, str] = {
     "ropext eval ppl --skip-docs S --max-docs D --lengths ...,L": "S, D and L stand for numbers",
     "ropext finetune --skip-docs N --skip-length L": "N and L stand for numbers",
 }
-ELLIPSIS = "..."
-"""Stands for options shown on an earlier line (``ropext finetune ... --gpus 2``): dropped, the rest is parsed.
+ELLIPSIS = ("...", "…")
+"""Stand for options shown elsewhere (``ropext finetune ... --gpus 2``): dropped, the rest is parsed.
 A line that ends in an option without its value (``ropext eval ppl --corpus``) names the option: it gets a dummy
 value."""
 DUMMY = "1"
@@ -55,7 +55,7 @@ class DocumentedLine:
         """What follows ``ropext`` (or ``python -m ropext``, ``--module ropext``, ``-m ropext``)."""
         words = shlex.split(self.text, comments=True)
         start = next(i for i, word in enumerate(words) if word == "ropext")
-        return [word for word in words[start + 1 :] if word != ELLIPSIS]
+        return [word for word in words[start + 1 :] if word not in ELLIPSIS]
 
 
 _INLINE = re.compile(r"`([^`]+)`")
