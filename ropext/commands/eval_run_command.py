@@ -101,6 +101,8 @@ def eval_run(
     check_output_folder(json_dir, "--json-dir")
     for name in names if json_dir is not None else ():
         check_output_file(json_dir / f"{name}.json", "--json-dir")
+    if "ruler" in names:  # a result file of other RULER prompts is refused before anything loads
+        refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
     own = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
     chosen = _choose(model, factors, method, target_length, param)
     # --lengths or --max-len serve every task without lengths of its own (and may not both be given).
@@ -129,7 +131,6 @@ def eval_run(
             max_new_tokens,
             chat_template,
         )
-        refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
     # Each task's lengths, under the option that gave them, for the memory check.
     lengths_given: dict[str, tuple[int, ...]] = {}
     for name in names:

@@ -100,6 +100,7 @@ def eval_ruler(
 
     # Bad input fails here, before the model is loaded.
     check_output_file(json_out, "--json")
+    refuse_other_prompts(json_out)
     chosen = _choose(model, factors, method, target_length, param)
     options = ruler_options(
         _lengths(lengths, max_len, chosen),
@@ -112,7 +113,6 @@ def eval_ruler(
         max_new_tokens,
         chat_template,
     )
-    refuse_other_prompts(json_out)
     lengths_given = {_length_option(max_len): options.lengths}
     prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
     options = resolve_chat_template(options, prepared.tokenizer)  # stored as chosen
