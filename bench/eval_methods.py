@@ -46,9 +46,13 @@ def main() -> None:
     passkey = None
     if args.passkey_lengths:
         depths = tuple(float(d) for d in args.depths.split(","))
-        passkey = PasskeyOptions(lengths=tuple(parse_lengths(args.passkey_lengths)), depths=depths, trials=args.trials)
+        passkey = PasskeyOptions(
+            lengths=tuple(parse_lengths(args.passkey_lengths, "--passkey-lengths")), depths=depths, trials=args.trials
+        )
     began = time.perf_counter()
-    summary = compare_methods(args.model, args.methods, parse_length(args.target_length), ppl, passkey, args.out_dir)
+    summary = compare_methods(
+        args.model, args.methods, parse_length(args.target_length, "--target-length"), ppl, passkey, args.out_dir
+    )
     seconds = time.perf_counter() - began
     lines = [
         f"Command: `python {' '.join(sys.argv)}`",

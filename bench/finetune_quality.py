@@ -51,13 +51,13 @@ def main() -> None:
 
     from ropext.lengths import format_length, parse_length, parse_lengths
 
-    longest = max(parse_lengths(args.eval_lengths))
+    longest = max(parse_lengths(args.eval_lengths, "--eval-lengths"))
     work = args.work_dir or args.out_dir / "models"
     factors = dict(_named(spec, work, args.model) for spec in args.factors)
     runs: list[tuple[str, str, str]] = []  # (row name, model, factors file or "")
     for name, path in factors.items():
         runs.append((f"{name}, no fine-tune", args.model, str(path)))
-        for length in parse_lengths(args.train_lengths):
+        for length in parse_lengths(args.train_lengths, "--train-lengths"):
             out = work / f"{name}-ft{format_length(length)}"
             _finetune(args, path, length, out, longest)
             runs.append((f"{name}, fine-tuned at {format_length(length)}", str(out), ""))
@@ -66,7 +66,12 @@ def main() -> None:
         results = args.out_dir / _slug(name)
         _evaluate(args, model, path, results)
         rows.append((name, _read(results / "ppl.json"), _read(results / "passkey.json")))
-    _summary(args, rows, parse_lengths(args.eval_lengths), parse_length(args.passkey_length))
+    _summary(
+        args,
+        rows,
+        parse_lengths(args.eval_lengths, "--eval-lengths"),
+        parse_length(args.passkey_length, "--passkey-length"),
+    )
 
 
 def _named(spec: str, work: Path, model: str) -> tuple[str, Path]:
@@ -91,7 +96,7 @@ def _finetune(args: argparse.Namespace, factors: Path, length: int, out: Path, l
         return
     if out.exists():
         shutil.rmtree(out)  # an unfinished run (no checkpoints are kept here): start it over
-    batch = parse_length(args.tokens_per_step)
+    batch = parse_length(args.tokens_per_step, "--tokens-per-step")
     if batch % length:
         sys.exit(f"error: --tokens-per-step {args.tokens_per_step} is not a multiple of train length {length}")
     lr = ["--lr", args.lr] if args.lr else []

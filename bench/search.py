@@ -115,7 +115,7 @@ def measure_engine(args, source, layout, length: int) -> dict:
 def engine_stage(args) -> None:
     source, layout = load_layout(args.model)
     rows = []
-    for length in parse_lengths(args.engine_lengths):
+    for length in parse_lengths(args.engine_lengths, "--engine-lengths"):
         rows.append(measure_engine(args, source, layout, length))
         print(json.dumps(rows[-1]), flush=True)
     (args.out_dir / "engine.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -141,7 +141,7 @@ def engine_stage(args) -> None:
 
 def search_stage(args) -> None:
     source, layout = load_layout(args.model)
-    for target in parse_lengths(args.targets):
+    for target in parse_lengths(args.targets, "--targets"):
         for searcher in args.searchers.split(","):
             out = args.out_dir / f"{searcher}-{format_length(target)}.yaml"
             if out.exists():
@@ -173,7 +173,7 @@ def search_stage(args) -> None:
 
 def eval_stage(args) -> None:
     lines = []
-    for target in parse_lengths(args.targets):
+    for target in parse_lengths(args.targets, "--targets"):
         searched = sorted(str(p) for p in args.out_dir.glob(f"*-{format_length(target)}.yaml"))
         methods = ["none", "pi", "ntk", "yarn", "dprope:t=0.001", *searched]
         ppl = PerplexityOptions(

@@ -12,11 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from ropext import __version__
+from ropext.commands.finetune_command import LauncherRankOption
 from ropext.commands.options import (
     DeviceOption,
     DtypeOption,
     FactorsOption,
     JsonOption,
+    MaxLenOption,
     MethodOption,
     ModelOption,
     ParamOption,
@@ -31,9 +33,42 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help: rich's option table tags every flag <bool>, as if it took a value.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},  # Click's default of 80 cuts command summaries short
 )
-eval_app = typer.Typer(help="Evaluate a model (optionally rescaled) on long inputs.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate a model (optionally rescaled) on long inputs.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(eval_app, name="eval")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ropext {installed_version()}")
+        raise typer.Exit()
+
+
+def installed_version() -> str:
+    """The installed distribution's version; ``ropext.__version__`` when run from a source tree not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ropext")
+    except PackageNotFoundError:
+        return __version__
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_show_version, help="Print ropext's version and exit."),
+    ] = False,
+    local_rank: LauncherRankOption = None,
+) -> None:
+    # --local_rank is what DeepSpeed's launcher puts before the command (ropext/commands/finetune_command.py).
+    return None
 
 
 def _console():
@@ -76,9 +111,9 @@ def search(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the scaling YAML.")],
     param: ParamOption = None,
     corpus: Annotated[str | None, typer.Option(help="Searchers: text whose perplexity guides the search.")] = None,
-    samples: Annotated[int, typer.Option(help="Searchers: documents (one window each) per evaluation.")] = 5,
-    skip_docs: Annotated[int, typer.Option(help="Searchers: skip this many long-enough documents first.")] = 0,
-    budget: Annotated[int | None, typer.Option(help="Searchers: stop after this many evaluations.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Searchers: documents (one window each) per evaluation.")] = 5,
+    skip_docs: Annotated[int, typer.Option(min=0, help="Searchers: skip this many long-enough documents first.")] = 0,
+    budget: Annotated[int | None, typer.Option(min=1, help="Searchers: stop after this many evaluations.")] = None,
     seed: Annotated[int, typer.Option(help="Searchers: random seed.")] = 0,
     devices: Annotated[str | None, typer.Option(help="Searchers: e.g. cuda:0,cuda:1 (default: every GPU).")] = None,
     start_from: Annotated[
@@ -91,7 +126,7 @@ def search(
     attention_factor: Annotated[
         str | None, typer.Option(help="Searchers: yarn, longrope, none or a number (default per searcher).")
     ] = None,
-    max_batch_tokens: Annotated[int, typer.Option(help="Searchers: tokens per forward pass.")] = 131072,
+    max_batch_tokens: Annotated[int, typer.Option(min=1, help="Searchers: tokens per forward pass.")] = 131072,
     sdpa_backend: Annotated[
         str, typer.Option(help="Searchers: auto, cudnn, flash, efficient, math, default.")
     ] = "auto",
@@ -120,23 +155,22 @@ def search(
         raise RopextError(f"unknown --sdpa-backend {sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
     from ropext.model.loading import load_layout
     from ropext.registry import load_plugins
+    from ropext.scaling import check_scaling_file
     from ropext.search import SEARCHERS
 
     load_plugins()
-    length = parse_length(target_length)
+    length = parse_length(target_length, "--target-length")
     if method in SEARCHERS:
         from ropext.search.engine import EngineOptions
         from ropext.search.run import SearchRequest
 
         if corpus is None:
             raise RopextError(f"searcher {method} needs --corpus (the text whose perplexity guides it)")
-        if samples < 1:
-            raise RopextError(f"--samples must be at least 1, got {samples}")
         from ropext.model.device import check_device
 
         chosen_devices = tuple(check_device(d, "--devices") for d in (devices or "").split(",") if d.strip())
-        if start_from is not None and not start_from.is_file():
-            raise RopextError(f"--from file {start_from} does not exist")
+        if start_from is not None:
+            check_scaling_file(start_from, "--from file")
         journal = journal or out.with_name(out.name + ".journal.jsonl")
         check_output_file(journal, "--journal")
         request = SearchRequest(
@@ -151,7 +185,7 @@ def search(
             seed=seed,
             devices=chosen_devices,
             start_from=start_from,
-            short_length=parse_length(short_length) if short_length else None,
+            short_length=parse_length(short_length, "--short-length") if short_length else None,
             attention=attention_factor,
             dtype=dtype,
             critical_floor=critical_floor,
@@ -222,6 +256,48 @@ def _check_search_fits(request, source) -> None:
     check_lengths_fit(lengths, load_config(source), device, resolve_dtype(request.dtype, device), "--target-length")
 
 
+def _choose(
+    model: str, factors: Path | None, method: str | None, target_length: str | None, param: list[str] | None
+) -> tuple[Any, Any]:
+    """The model's source and rotary layout (its config only, no weights) and the scaling to apply (or None)."""
+    from ropext.lengths import parse_length
+    from ropext.model.loading import load_layout
+    from ropext.model.prepared import choose_scaling
+    from ropext.registry import load_plugins
+    from ropext.scaling import check_scaling_file
+
+    load_plugins()
+    if factors is not None:
+        check_scaling_file(factors)  # before the model's config is read
+    layout = load_layout(model)
+    target = parse_length(target_length, "--target-length") if target_length is not None else None
+    return layout, choose_scaling(layout[1], factors, method, target, param)
+
+
+def _length_option(max_len: str | None) -> str:
+    """The option that gave the lengths: --max-len when used, else --lengths."""
+    return "--lengths" if max_len is None else "--max-len"
+
+
+def _lengths(lengths: str | None, max_len: str | None, chosen: tuple[Any, Any]) -> tuple[int, ...]:
+    """``--lengths`` or ``--max-len`` read against the chosen model and scaling; --max-len's lengths are printed."""
+    from ropext.lengths import format_length, requested_lengths
+
+    (_, layout), scaling = chosen
+    # The context the scaling extends (checked equal to the model's when a factors file is loaded).
+    original = (scaling or layout).original_max_position_embeddings
+    values = tuple(requested_lengths(lengths, max_len, original))
+    if max_len is not None:
+        shown = ", ".join(format_length(v) for v in values)
+        why = (
+            f"the original context {format_length(original)} doubling up to --max-len {max_len}"
+            if len(values) > 1
+            else f"--max-len {max_len} is not above the original context {format_length(original)}"
+        )
+        _console().print(f"lengths {shown}: {why}", highlight=False)
+    return values
+
+
 def _prepare(
     model: str,
     factors: Path | None,
@@ -230,31 +306,27 @@ def _prepare(
     param: list[str] | None,
     device: str | None,
     dtype: str,
-    lengths: tuple[int, ...] = (),
+    lengths: dict[str, tuple[int, ...]] | None = None,
+    chosen: tuple[Any, Any] | None = None,
 ):
     """The model ready to evaluate; every check that needs no weights (device, scaling, whether ``lengths``
-    can fit in memory) runs before they load."""
-    from ropext.lengths import parse_length
-    from ropext.model.loading import load_layout
-    from ropext.model.prepared import choose_scaling, prepare_model
-    from ropext.registry import load_plugins
+    can fit in memory) runs before they load. ``lengths`` maps each length option to the lengths it gave
+    (a length too long is reported under its option); ``chosen`` is what `_choose` returned, when known."""
+    from ropext.model.prepared import prepare_model
 
-    load_plugins()
-    if factors is not None and not factors.is_file():
-        raise RopextError(f"factors file {factors} does not exist")
     if device is not None:
         from ropext.model.device import check_device
 
         device = check_device(device)
-    layout = load_layout(model)
-    target = parse_length(target_length) if target_length is not None else None
-    scaling = choose_scaling(layout[1], factors, method, target, param)
+    layout, scaling = chosen or _choose(model, factors, method, target_length, param)
     if lengths:
         from ropext.model.loading import default_device, load_config, resolve_dtype
         from ropext.model.memory import check_lengths_fit
 
-        chosen = device or default_device()
-        check_lengths_fit(lengths, load_config(layout[0]), chosen, resolve_dtype(dtype, chosen))
+        where = device or default_device()
+        config = load_config(layout[0])
+        for option, values in lengths.items():
+            check_lengths_fit(values, config, where, resolve_dtype(dtype, where), option)
     with _console().status(f"loading {model}"):
         prepared = prepare_model(model, scaling, device=device, dtype=dtype, layout=layout)
     return prepared
@@ -308,38 +380,43 @@ def eval_ppl(
     corpus: Annotated[
         str, typer.Option(help="Files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.")
     ],
-    lengths: Annotated[str, typer.Option(help="Comma-separated window lengths, e.g. 8k,16k,32k.")],
+    lengths: Annotated[str | None, typer.Option(help="Comma-separated window lengths, e.g. 8k,16k,32k.")] = None,
+    max_len: MaxLenOption = None,
     factors: FactorsOption = None,
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
-    max_docs: Annotated[int, typer.Option(help="At most this many documents.")] = 10,
-    skip_docs: Annotated[int, typer.Option(help="Skip this many long-enough documents first.")] = 0,
+    max_docs: Annotated[int, typer.Option(min=1, help="At most this many documents.")] = 10,
+    skip_docs: Annotated[int, typer.Option(min=0, help="Skip this many long-enough documents first.")] = 0,
     mode: Annotated[str, typer.Option(help="truncate (first L tokens per document) or sliding.")] = "truncate",
-    stride: Annotated[int | None, typer.Option(help="Sliding mode: tokens between windows (default L/2).")] = None,
-    chunk_tokens: Annotated[int, typer.Option(help="Positions per chunk of the loss.")] = 4096,
+    stride: Annotated[
+        str | None, typer.Option(help="Sliding mode: tokens between windows, e.g. 4k (default L/2).")
+    ] = None,
+    chunk_tokens: Annotated[int, typer.Option(min=1, help="Positions per chunk of the loss.")] = 4096,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_out: JsonOption = None,
 ) -> None:
     """Perplexity on the first L tokens of long documents (or sliding windows), per length."""
     from ropext.evaluate.ppl import PerplexityOptions
-    from ropext.lengths import parse_lengths
+    from ropext.lengths import parse_length
     from ropext.paths import check_output_file
 
     check_output_file(json_out, "--json")
+    if mode not in ("truncate", "sliding"):
+        raise RopextError(f"unknown --mode {mode!r}; use truncate or sliding")
+    chosen = _choose(model, factors, method, target_length, param)
     options = PerplexityOptions(
         corpus=corpus,
-        lengths=tuple(parse_lengths(lengths)),
+        lengths=_lengths(lengths, max_len, chosen),
         max_docs=max_docs,
         skip_docs=skip_docs,
         mode=mode,
-        stride=stride,
+        stride=parse_length(stride, "--stride") if stride is not None else None,
         chunk_tokens=chunk_tokens,
     )
-    if mode not in ("truncate", "sliding"):
-        raise RopextError(f"unknown --mode {mode!r}; use truncate or sliding")
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
+    lengths_given = {_length_option(max_len): options.lengths}
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
     document = _run_task("ppl", prepared, options, json_out)
     _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
 
@@ -347,25 +424,27 @@ def eval_ppl(
 @eval_app.command("passkey")
 def eval_passkey(
     model: ModelOption,
-    lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths, e.g. 8k,16k,32k.")],
+    lengths: Annotated[str | None, typer.Option(help="Comma-separated prompt lengths, e.g. 8k,16k,32k.")] = None,
+    max_len: MaxLenOption = None,
     factors: FactorsOption = None,
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
     depths: Annotated[str, typer.Option(help="Comma-separated depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
-    trials: Annotated[int, typer.Option(help="Prompts per length and depth.")] = 5,
+    trials: Annotated[int, typer.Option(min=1, help="Prompts per length and depth.")] = 5,
     seed: Annotated[int, typer.Option(help="Seed of the keys.")] = 0,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_out: JsonOption = None,
 ) -> None:
     """Pass-key retrieval accuracy per length and depth (greedy decoding)."""
-    from ropext.lengths import parse_lengths
     from ropext.paths import check_output_file
 
     check_output_file(json_out, "--json")
-    options = passkey_options(tuple(parse_lengths(lengths)), depths, trials, seed)
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
+    chosen = _choose(model, factors, method, target_length, param)
+    options = passkey_options(_lengths(lengths, max_len, chosen), depths, trials, seed)
+    lengths_given = {_length_option(max_len): options.lengths}
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
     document = _run_task("passkey", prepared, options, json_out)
     _print_table(document, ("accuracy", "depths"))
 
@@ -401,7 +480,7 @@ def inspect(
     factors: Annotated[Path, typer.Argument(help="Scaling YAML.")],
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Also draw factors and wavelengths to this PNG.")] = None,
-    intervals: Annotated[int, typer.Option(help="Histogram bins for the disturbance.")] = 360,
+    intervals: Annotated[int, typer.Option(min=1, help="Histogram bins for the disturbance.")] = 360,
 ) -> None:
     """Per-pair factors, wavelengths and regimes, and the rotary-angle disturbance of a scaling."""
     from ropext.inspection import describe, render_plot, render_table
@@ -461,7 +540,12 @@ def main() -> None:
     except (KeyboardInterrupt, *aborts):
         _interrupted()
     except usage_errors as err:
-        if not err.format_message():  # `ropext` alone: the help was shown, nothing went wrong
+        # `ropext` or `ropext eval` alone: the help is the answer, nothing went wrong. (Matched by name, as
+        # Typer does, since the class lives in Typer's vendored Click.)
+        if type(err).__name__ == "NoArgsIsHelpError":
+            typer.echo(err.format_message())
+            sys.exit(0)
+        if not err.format_message():
             sys.exit(0)
         context = getattr(err, "ctx", None)
         hint = f" (see `{context.command_path} --help`)" if context is not None else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -184,10 +185,9 @@ class RopeScaling:
     @classmethod
     def load(cls, path: str | Path) -> RopeScaling:
         path = Path(path)
-        if not path.is_file():
-            raise RopextError(f"factors file {path} does not exist; create one with `ropext search ... --out {path}`")
+        check_scaling_file(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
         except UnicodeDecodeError:
             raise RopextError(
                 f"{path} is not a text file (not UTF-8); give the scaling YAML that `ropext search --out` writes"
@@ -197,6 +197,16 @@ class RopeScaling:
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise RopextError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
         return cls.from_dict(data, source=str(path))
+
+
+def check_scaling_file(path: Path, what: str = "factors file") -> None:
+    """Refuse a path that is not a file, saying whether it is missing or a folder."""
+    if path.is_dir():
+        raise RopextError(
+            f"{what} {path} is a folder; give a scaling YAML file (the file `ropext search ... --out F.yaml` writes)"
+        )
+    if not path.is_file():
+        raise RopextError(f"{what} {path} does not exist; create one with `ropext search ... --out {path}`")
 
 
 YAML_KEYS = [
@@ -255,6 +265,11 @@ def _validate(s: RopeScaling) -> None:
             isinstance(value, int) and not isinstance(value, bool) and value > 0,
             f"{key} must be a positive integer, got {value!r}",
         )
+    need(
+        s.max_position_embeddings >= s.original_max_position_embeddings,
+        f"max_position_embeddings {s.max_position_embeddings} is below original_max_position_embeddings "
+        f"{s.original_max_position_embeddings}; the target context must be at least the original one",
+    )
     for key in ("factors", "short_factors"):
         vector = getattr(s, key)
         if vector is None:
@@ -286,6 +301,24 @@ def _validate(s: RopeScaling) -> None:
             s.short_factors is None and s.start_tokens == 0,
             "dynamic scaling is recomputed from the input length; it takes no short_factors or start_tokens",
         )
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e3``, ``1.5e3`` and ``.5e-3`` as numbers.
+
+    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent (``1.0e+3``); anything else
+    with an exponent stays a string, so a hand-written ``rope_theta: 1e5`` would be refused as "not a
+    number". YAML 1.2 and JSON read these as floats, and so does ropext.
+    """
+
+
+# Checked after PyYAML's own int and float patterns (those come first for the same leading character), so
+# integers stay ints and only the exponent forms PyYAML leaves as strings are added.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 class _Dumper(yaml.SafeDumper):

@@ -17,6 +17,7 @@ from ropext.commands.options import (
     DeviceOption,
     DtypeOption,
     FactorsOption,
+    MaxLenOption,
     MethodOption,
     ModelOption,
     ParamOption,
@@ -32,29 +33,36 @@ RUNNABLE = ("ppl", "passkey", "ruler")
 def eval_run(
     model: ModelOption,
     tasks: Annotated[str, typer.Option(help="Comma-separated tasks, run in this order: ppl, passkey, ruler.")],
-    lengths: Annotated[str, typer.Option(help="Comma-separated lengths for every task, e.g. 8k,16k,32k.")],
+    lengths: Annotated[
+        str | None, typer.Option(help="Comma-separated lengths for every task, e.g. 8k,16k,32k.")
+    ] = None,
+    max_len: MaxLenOption = None,
     factors: FactorsOption = None,
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
-    ppl_lengths: Annotated[str | None, typer.Option(help="ppl: lengths instead of --lengths.")] = None,
-    passkey_lengths: Annotated[str | None, typer.Option(help="passkey: lengths instead of --lengths.")] = None,
-    ruler_lengths: Annotated[str | None, typer.Option(help="ruler: lengths instead of --lengths.")] = None,
+    ppl_lengths: Annotated[str | None, typer.Option(help="ppl: lengths instead of --lengths/--max-len.")] = None,
+    passkey_lengths: Annotated[
+        str | None, typer.Option(help="passkey: lengths instead of --lengths/--max-len.")
+    ] = None,
+    ruler_lengths: Annotated[str | None, typer.Option(help="ruler: lengths instead of --lengths/--max-len.")] = None,
     corpus: Annotated[
         str | None, typer.Option(help="ppl: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.")
     ] = None,
-    max_docs: Annotated[int, typer.Option(help="ppl: at most this many documents.")] = 10,
-    skip_docs: Annotated[int, typer.Option(help="ppl: skip this many long-enough documents first.")] = 0,
+    max_docs: Annotated[int, typer.Option(min=1, help="ppl: at most this many documents.")] = 10,
+    skip_docs: Annotated[int, typer.Option(min=0, help="ppl: skip this many long-enough documents first.")] = 0,
     mode: Annotated[str, typer.Option(help="ppl: truncate (first L tokens per document) or sliding.")] = "truncate",
-    stride: Annotated[int | None, typer.Option(help="ppl, sliding mode: tokens between windows (default L/2).")] = None,
-    chunk_tokens: Annotated[int, typer.Option(help="ppl: positions per chunk of the loss.")] = 4096,
+    stride: Annotated[
+        str | None, typer.Option(help="ppl, sliding mode: tokens between windows, e.g. 4k (default L/2).")
+    ] = None,
+    chunk_tokens: Annotated[int, typer.Option(min=1, help="ppl: positions per chunk of the loss.")] = 4096,
     depths: Annotated[str, typer.Option(help="passkey: comma-separated depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
-    trials: Annotated[int, typer.Option(help="passkey: prompts per length and depth.")] = 5,
+    trials: Annotated[int, typer.Option(min=1, help="passkey: prompts per length and depth.")] = 5,
     seed: Annotated[int, typer.Option(help="passkey and ruler: seed of the keys and samples.")] = 0,
     ruler_tasks: Annotated[
         str, typer.Option(help="ruler: comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")
     ] = "all",
-    samples: Annotated[int, typer.Option(help="ruler: prompts per task and length.")] = 20,
+    samples: Annotated[int, typer.Option(min=1, help="ruler: prompts per task and length.")] = 20,
     haystack_corpus: Annotated[
         str | None,
         typer.Option(
@@ -65,10 +73,10 @@ def eval_run(
         list[Path] | None, typer.Option(help="ruler: SQuAD-style and/or HotpotQA-style JSON (repeatable).")
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="ruler: prompts generated together (all of one length, so none is padded).")
+        int, typer.Option(min=1, help="ruler: prompts generated together (all of one length, so none is padded).")
     ] = 1,
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="ruler: tokens generated per answer (default: RULER's per task).")
+        int | None, typer.Option(min=1, help="ruler: tokens generated per answer (default: RULER's per task).")
     ] = None,
     chat_template: Annotated[
         bool | None,
@@ -84,7 +92,7 @@ def eval_run(
     ] = None,
 ) -> None:
     """Several tasks with one model load: ppl, passkey and/or ruler, each with its own result file."""
-    from ropext.cli import _open_results, _prepare, _print_table, _run_task
+    from ropext.cli import _choose, _length_option, _lengths, _open_results, _prepare, _print_table, _run_task
     from ropext.commands.ruler_command import _score_table
     from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
     from ropext.lengths import parse_lengths
@@ -94,8 +102,18 @@ def eval_run(
     check_output_folder(json_dir, "--json-dir")
     for name in names if json_dir is not None else ():
         check_output_file(json_dir / f"{name}.json", "--json-dir")
-    length_text = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
-    task_lengths = {name: tuple(parse_lengths(length_text[name] or lengths)) for name in names}
+    if "ruler" in names:  # a result file of other RULER prompts is refused before anything loads
+        refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
+    own = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
+    chosen = _choose(model, factors, method, target_length, param)
+    # --lengths or --max-len serve every task without lengths of its own (and may not both be given).
+    shared = None
+    if lengths is not None or max_len is not None or any(own[name] is None for name in names):
+        shared = _lengths(lengths, max_len, chosen)
+    task_lengths = {
+        name: tuple(parse_lengths(own[name], f"--{name}-lengths")) if own[name] is not None else shared
+        for name in names
+    }
     # Every option is checked before the model is loaded.
     options: dict[str, Any] = {}
     if "ppl" in names:
@@ -114,9 +132,12 @@ def eval_run(
             max_new_tokens,
             chat_template,
         )
-        refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
-    every_length = tuple(sorted({length for chosen in task_lengths.values() for length in chosen}))
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype, every_length)
+    # Each task's lengths, under the option that gave them, for the memory check.
+    lengths_given: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        option = f"--{name}-lengths" if own[name] is not None else _length_option(max_len)
+        lengths_given[option] = tuple(sorted({*lengths_given.get(option, ()), *task_lengths[name]}))
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
     if "ruler" in options:  # chat template or not: decided by the tokenizer, stored as chosen
         options["ruler"] = resolve_chat_template(options["ruler"], prepared.tokenizer)
     json_paths = {name: json_dir / f"{name}.json" if json_dir is not None else None for name in names}
@@ -159,11 +180,12 @@ def _ppl_options(
     max_docs: int,
     skip_docs: int,
     mode: str,
-    stride: int | None,
+    stride: str | None,
     chunk_tokens: int,
 ):  # -> PerplexityOptions
     from ropext.data.corpus import open_corpus
     from ropext.evaluate.ppl import PerplexityOptions
+    from ropext.lengths import parse_length
 
     if corpus is None:
         raise RopextError("task ppl needs --corpus (the long documents to score)")
@@ -176,6 +198,6 @@ def _ppl_options(
         max_docs=max_docs,
         skip_docs=skip_docs,
         mode=mode,
-        stride=stride,
+        stride=parse_length(stride, "--stride") if stride is not None else None,
         chunk_tokens=chunk_tokens,
     )

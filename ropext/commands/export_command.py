@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from ropext.commands.options import ModelOption
-from ropext.errors import RopextError
 
 
 def export(
@@ -31,8 +30,6 @@ def export(
     from ropext.model.device import check_device
 
     device = check_device(device)
-    if not factors.is_file():
-        raise RopextError(f"factors file {factors} does not exist")
     scaling = RopeScaling.load(factors)
     with _console().status(f"exporting {model}"):
         folder = export_model(model, scaling, out, dtype=dtype, force=force, device=device)

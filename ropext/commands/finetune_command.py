@@ -22,6 +22,8 @@ from ropext.commands.rerun import command_line
 from ropext.errors import RopextError
 
 LAUNCHER = "deepspeed"
+LauncherRankOption = Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)]
+"""The ``--local_rank=N`` DeepSpeed's launcher passes; accepted and ignored (ranks come from the environment)."""
 
 
 def finetune(
@@ -31,7 +33,7 @@ def finetune(
         str, typer.Option(help="Training text: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, python-stdlib.")
     ],
     train_length: Annotated[str, typer.Option("--train-length", "-t", help="Tokens per training window: 8k, 32k.")],
-    steps: Annotated[int, typer.Option(help="Optimizer steps to train to (counting resumed ones).")],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps to train to (counting resumed ones).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints, metrics and the final model.")],
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the DeepSpeed config's, 2e-5).")] = None,
     batch_tokens: Annotated[
@@ -39,29 +41,32 @@ def finetune(
         typer.Option(help="Tokens per micro batch and GPU, a multiple of --train-length (default: one window)."),
     ] = None,
     grad_accum: Annotated[
-        int | None, typer.Option(help="Micro batches per optimizer step (default: the config's, 1).")
+        int | None, typer.Option(min=1, help="Micro batches per optimizer step (default: the config's, 1).")
     ] = None,
     deepspeed: Annotated[
         Path | None,
         typer.Option("--deepspeed", help="DeepSpeed JSON config (default: recipes/deepspeed/zero3.json, built in)."),
     ] = None,
     gpus: Annotated[
-        int | None, typer.Option(help="Data-parallel GPUs on this machine; above 1 runs the deepspeed launcher.")
+        int | None, typer.Option(min=1, help="Data-parallel GPUs on this machine; above 1 runs the deepspeed launcher.")
     ] = None,
     save_every: Annotated[
-        int, typer.Option(help="Save a DeepSpeed checkpoint every N steps (0: only when interrupted).")
+        int, typer.Option(min=0, help="Save a DeepSpeed checkpoint every N steps (0: only when interrupted).")
     ] = 0,
-    keep_checkpoints: Annotated[int, typer.Option(help="Keep the newest N checkpoints.")] = 1,
+    keep_checkpoints: Annotated[int, typer.Option(min=1, help="Keep the newest N checkpoints.")] = 1,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --out.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the document and window order.")] = 0,
     skip_docs: Annotated[
-        int, typer.Option(help="Train after the first N documents of --skip-length+ tokens (hold out eval docs).")
+        int,
+        typer.Option(min=0, help="Train after the first N documents of --skip-length+ tokens (hold out eval docs)."),
     ] = 0,
     skip_length: Annotated[
         str, typer.Option(help="Only documents this long count for --skip-docs (eval's longest --lengths).")
     ] = "1",
     attn: Annotated[str, typer.Option(help="Attention: sdpa, eager, flash_attention_2 (needs flash-attn).")] = "sdpa",
-    chunk_tokens: Annotated[int, typer.Option(help="Positions per chunk of the loss's vocabulary projection.")] = 4096,
+    chunk_tokens: Annotated[
+        int, typer.Option(min=1, help="Positions per chunk of the loss's vocabulary projection.")
+    ] = 4096,
     sdpa_backend: Annotated[
         str, typer.Option(help="SDPA kernels: auto (cuDNN first), cudnn, flash, efficient, math, default.")
     ] = "auto",
@@ -71,7 +76,7 @@ def finetune(
     save_model: Annotated[
         bool, typer.Option(help="Write the final Hugging Face model folder (--no-save-model for throughput runs).")
     ] = True,
-    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+    local_rank: LauncherRankOption = None,
 ) -> None:
     """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
     from ropext.lengths import format_length, parse_length
@@ -81,7 +86,7 @@ def finetune(
 
     load_plugins()
     check_output_folder(out, "--out")
-    length = parse_length(train_length)
+    length = parse_length(train_length, "--train-length")
     request = FinetuneRequest(
         model=model,
         factors=factors,
@@ -98,7 +103,7 @@ def finetune(
         resume=resume,
         seed=seed,
         skip_docs=skip_docs,
-        skip_length=parse_length(skip_length),
+        skip_length=parse_length(skip_length, "--skip-length"),
         attn=attn,
         chunk_tokens=chunk_tokens,
         init=init,
@@ -162,7 +167,7 @@ def _micro_batch(batch_tokens: str | None, length: int) -> int | None:
 
     if batch_tokens is None:
         return None
-    tokens = parse_length(batch_tokens)
+    tokens = parse_length(batch_tokens, "--batch-tokens")
     if tokens % length:
         raise RopextError(
             f"--batch-tokens {batch_tokens} is not a multiple of --train-length ({length} tokens); "
@@ -247,9 +252,7 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
-def _accept_launcher_rank(
-    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
-) -> None:
+def _accept_launcher_rank(local_rank: LauncherRankOption = None) -> None:
     # Accepted and ignored: each process reads its rank from the LOCAL_RANK / RANK environment.
     return None
 

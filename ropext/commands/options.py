@@ -22,6 +22,14 @@ ParamOption = Annotated[
 ]
 DeviceOption = Annotated[str | None, typer.Option(help="cuda, cuda:1 or cpu; default: cuda when present.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
+MaxLenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--max-len",
+        help="Instead of --lengths: the model's original context doubling up to this length, which is included "
+        "(an 8k model with --max-len 48k: 8k,16k,32k,48k).",
+    ),
+]
 JsonOption = Annotated[
     Path | None, typer.Option("--json", help="Write results here after every length; rerunning resumes.")
 ]

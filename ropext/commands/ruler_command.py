@@ -11,6 +11,7 @@ from ropext.commands.options import (
     DeviceOption,
     DtypeOption,
     FactorsOption,
+    MaxLenOption,
     MethodOption,
     ModelOption,
     ParamOption,
@@ -45,7 +46,8 @@ def _tasks_help(value: str) -> str:
 
 def eval_ruler(
     model: ModelOption,
-    lengths: Annotated[str, typer.Option(help="Comma-separated prompt lengths, e.g. 4k,8k,16k,32k.")],
+    lengths: Annotated[str | None, typer.Option(help="Comma-separated prompt lengths, e.g. 4k,8k,16k,32k.")] = None,
+    max_len: MaxLenOption = None,
     tasks: Annotated[
         str,
         typer.Option(
@@ -58,7 +60,7 @@ def eval_ruler(
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
-    samples: Annotated[int, typer.Option(help="Prompts per task and length.")] = 20,
+    samples: Annotated[int, typer.Option(min=1, help="Prompts per task and length.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the samples: the same seed gives the same prompts.")] = 0,
     haystack_corpus: Annotated[
         str | None,
@@ -72,10 +74,11 @@ def eval_ruler(
         typer.Option(help="SQuAD-style JSON (enables qa_1) and/or HotpotQA-style JSON (qa_2); repeatable."),
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(help="Prompts generated together (all of one length, so none is padded).")
+        int, typer.Option(min=1, help="Prompts generated together (all of one length, so none is padded).")
     ] = 1,
     max_new_tokens: Annotated[
-        int | None, typer.Option(help="Tokens generated per answer for every task (default: RULER's per task).")
+        int | None,
+        typer.Option(min=1, help="Tokens generated per answer for every task (default: RULER's per task)."),
     ] = None,
     chat_template: Annotated[
         bool | None,
@@ -91,15 +94,16 @@ def eval_ruler(
     ] = None,
 ) -> None:
     """RULER scores per task and length, and their average (greedy decoding)."""
-    from ropext.cli import _prepare, _print_table, _run_task
+    from ropext.cli import _choose, _length_option, _lengths, _prepare, _print_table, _run_task
     from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
-    from ropext.lengths import parse_lengths
     from ropext.paths import check_output_file
 
     # Bad input fails here, before the model is loaded.
     check_output_file(json_out, "--json")
+    refuse_other_prompts(json_out)
+    chosen = _choose(model, factors, method, target_length, param)
     options = ruler_options(
-        tuple(parse_lengths(lengths)),
+        _lengths(lengths, max_len, chosen),
         tasks,
         samples,
         seed,
@@ -109,8 +113,8 @@ def eval_ruler(
         max_new_tokens,
         chat_template,
     )
-    refuse_other_prompts(json_out)
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype, options.lengths)
+    lengths_given = {_length_option(max_len): options.lengths}
+    prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
     options = resolve_chat_template(options, prepared.tokenizer)  # stored as chosen
     document = _run_task("ruler", prepared, options, json_out)
     table, columns = _score_table(document)

@@ -15,7 +15,10 @@ class NoParams:
 
 
 def _none(layout: RotaryLayout, target_length: int, params: NoParams) -> RopeScaling:
-    return scaling_from_factors(layout, target_length, "none", [1.0] * layout.pairs)
+    # The identity extends nothing: a target below the original context is recorded as the original context
+    # (a scaling's target is never below it).
+    target = max(target_length, layout.original_max_position_embeddings)
+    return scaling_from_factors(layout, target, "none", [1.0] * layout.pairs)
 
 
 NONE = Method("none", NoParams, _none)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ropext.errors import RopextError
-from ropext.lengths import format_length, parse_length, parse_lengths
+from ropext.lengths import doubling_lengths, format_length, parse_length, parse_lengths, requested_lengths
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,59 @@ def test_format_length(tokens: int, expected: str) -> None:
 @pytest.mark.parametrize("tokens", [300, 1024, 1536, 8192, 1048576, 5 * 1048576, 1048576 + 1024])
 def test_format_length_round_trips_through_parse_length(tokens: int) -> None:
     assert parse_length(format_length(tokens)) == tokens
+
+
+@pytest.mark.parametrize(
+    ("original", "max_len", "expected"),
+    [
+        ("8k", "64k", ["8k", "16k", "32k", "64k"]),  # the design card: --max-len 64k on an 8k model
+        ("8k", "48k", ["8k", "16k", "32k", "48k"]),  # L is included even when it is not a doubling
+        ("8k", "9k", ["8k", "9k"]),
+        ("4k", "32k", ["4k", "8k", "16k", "32k"]),
+        ("8k", "8k", ["8k"]),  # L at the original context: just L
+        ("8k", "4k", ["4k"]),  # L below it: just L
+        ("256", "1000", ["256", "512", "1000"]),
+        ("2048", "5000", ["2k", "4k", "5000"]),
+    ],
+)
+def test_max_len_gives_the_original_context_doubling_up_to_it(original: str, max_len: str, expected: list[str]) -> None:
+    values = requested_lengths(None, max_len, parse_length(original))
+    assert [format_length(v) for v in values] == expected
+    assert doubling_lengths(parse_length(original), parse_length(max_len)) == values
+
+
+def test_requested_lengths_reads_lengths_when_given() -> None:
+    assert requested_lengths("16k,8k", None, 8192) == [16384, 8192]
+
+
+def test_giving_both_lengths_and_max_len_is_one_error_naming_both() -> None:
+    with pytest.raises(RopextError, match=r"either --lengths \(8k\) or --max-len \(64k\), not both"):
+        requested_lengths("8k", "64k", 8192)
+
+
+def test_giving_neither_names_both_flags() -> None:
+    with pytest.raises(RopextError, match=r"give --lengths .* or --max-len"):
+        requested_lengths(None, None, 8192)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_len", "fragment"),
+    [
+        (None, "abc", "'abc' given to --max-len"),
+        (None, "0", "given to --max-len must be positive"),
+        (None, "8k,16k", "--max-len takes one length"),
+        ("8k,x", None, "'x' given to --lengths"),
+        (",", None, "no lengths given to --lengths"),
+    ],
+)
+def test_length_errors_name_the_flag_typed(lengths: str | None, max_len: str | None, fragment: str) -> None:
+    with pytest.raises(RopextError, match=re.escape(fragment)):
+        requested_lengths(lengths, max_len, 8192)
+
+
+@pytest.mark.parametrize("flag", ["--ruler-lengths", "--passkey-lengths", "--ppl-lengths"])
+def test_parse_lengths_names_the_flag_it_reads(flag: str) -> None:
+    with pytest.raises(RopextError, match=f"no lengths given to {flag}: .* e.g. {flag} 8k"):
+        parse_lengths(" , ", flag)
+    with pytest.raises(RopextError, match=f"given to {flag}"):
+        parse_lengths("8k,1.3k", flag)
