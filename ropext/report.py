@@ -640,7 +640,11 @@ def ruler_table(section: Section, order: list[str]) -> str:
         for length, result in sorted(section.series[label].results.items()):
             entries = result.get("tasks", {})
             scores = [_fmt_score(entries[t].get("score"), 3) if t in entries else "-" for t in tasks]
-            rows.append([label, format_length(length), _fmt_score(result.get("average"), 3), *scores])
+            average = _fmt_score(result.get("average"), 3)
+            scored, total = _scored_tasks(result), _scored_task_count(section)
+            if result.get("average") is not None and scored < total:
+                average += f" ({scored} of {total})"  # an unfinished length: its average is over fewer tasks
+            rows.append([label, format_length(length), average, *scores])
     return _table([_series_header(section), "length", "average", *tasks], rows)
 
 
@@ -908,11 +912,7 @@ def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], pat
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=_line_figsize(len(order), 4.5), layout="constrained")
     for label in order:
-        points = sorted(
-            (length, r["average"])
-            for length, r in section.series[label].results.items()
-            if r.get("average") is not None
-        )
+        points = ruler_plot_points(section, label)
         if points:
             _plot_series(ax, points, label, styles[label])
     _length_axis(ax, section.lengths)
@@ -922,6 +922,22 @@ def plot_ruler(section: Section, order: list[str], styles: dict[str, Style], pat
     ax.grid(True, alpha=0.3)
     _legend(ax, len(order))
     _save(fig, path)
+
+
+def ruler_plot_points(section: Section, label: str) -> list[tuple[int, float]]:
+    """(length, average) of one series. A length with tasks still to run averages fewer tasks than the
+    others, so it is not comparable and is left out (the table shows it, marked)."""
+    total = _scored_task_count(section)
+    return sorted(
+        (length, r["average"])
+        for length, r in section.series[label].results.items()
+        if r.get("average") is not None and _scored_tasks(r) == total
+    )
+
+
+def _scored_tasks(result: dict[str, Any]) -> int:
+    """Tasks with a score in one length's result."""
+    return sum(1 for entry in result.get("tasks", {}).values() if entry.get("score") is not None)
 
 
 def _scored_task_count(section: Section) -> int:

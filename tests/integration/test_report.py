@@ -293,6 +293,23 @@ def test_ruler_average_counts_only_the_tasks_that_have_a_score() -> None:
     assert _scored_task_count(section) == 11
 
 
+def test_an_unfinished_ruler_length_is_marked_in_the_table_and_left_out_of_the_plot() -> None:
+    # The committed H200 run stopped inside 64k: YaRN has 6 of its 11 tasks there, DCIS 9.
+    from ropext.report import ruler_plot_points, ruler_table
+
+    docs, _ = load_results(sorted((BENCH / "ruler-h200").glob("ruler-*.json")))
+    labels = method_labels(docs)
+    (section,) = [s for s in build_sections(docs, labels) if s.task == "ruler"]
+    order = list(section.series)
+    table = ruler_table(section, order)
+    yarn = next(label for label in order if label.startswith("yarn"))
+    row_64k = next(line for line in table.splitlines() if line.startswith(f"| {yarn} | 64k |"))
+    assert "(6 of 11)" in row_64k
+    assert [length for length, _ in ruler_plot_points(section, yarn)] == [4096, 8192, 16384, 32768]
+    original = next(label for label in order if label.startswith("original") or label.startswith("none"))
+    assert [length for length, _ in ruler_plot_points(section, original)] == [4096, 8192]
+
+
 def test_scalings_table_says_how_each_search_was_made() -> None:
     from ropext.report import _provenance_summary
 
