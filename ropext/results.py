@@ -1,8 +1,10 @@
-"""Result files of ``ropext eval``: written after every finished length, reused when a run resumes."""
+"""Result files of ``ropext eval``: written after every finished length, reused when a run resumes, read back
+by ``ropext report`` (``read_result``); and the comparison summaries that gather several of them."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +117,101 @@ class ResultFile:
         # that meanwhile became another run's.
         self.results = {**self._stored(), **self.results}
         write_text_atomic(self.path, json.dumps(self.document(), indent=2) + "\n")
+
+
+RESULT_KEYS = ("task", "model", "scaling", "options", "results")
+"""The keys every result file has (``ResultFile.document``)."""
+
+COMPARISON_SUMMARY = "comparison-summary"
+"""The ``kind`` of a file that gathers the numbers of other result files (``bench/eval_methods.py``'s
+``summary.json``): ``{"kind": "comparison-summary", "methods": {method: {task: {length: result}}}}``."""
+
+_LEGACY_SUMMARY_TASKS = ("ppl", "passkey", "ruler")
+"""The tasks of result files when comparison summaries did not yet say what they are (no ``kind``)."""
+
+
+@dataclass(frozen=True)
+class ResultDoc:
+    """One result file as read back (``ResultFile.document``), its shape checked."""
+
+    path: Path
+    task: str
+    model: str
+    scaling: dict[str, Any] | None
+    options: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    device: str | None = None
+    dtype: str | None = None
+
+
+def comparison_summary(methods: dict[str, Any]) -> dict[str, Any]:
+    """The document of a comparison summary: the numbers by method, and a ``kind`` that says what the file is,
+    so a reader of result files recognises it without guessing from its shape."""
+    return {"kind": COMPARISON_SUMMARY, "methods": methods}
+
+
+def read_result(path: Path) -> ResultDoc | None:
+    """The result file at ``path``; None for a comparison summary, whose numbers are other result files'.
+    Anything else (missing, not JSON, not shaped like a result file) is a ``RopextError`` naming the file."""
+    if not path.is_file():
+        raise RopextError(f"result file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RopextError(
+            f"{path} is not a ropext result file (not JSON); pass the --json files of `ropext eval`"
+        ) from None
+    if _is_comparison_summary(data):
+        return None
+    if not isinstance(data, dict) or any(key not in data for key in RESULT_KEYS):
+        raise RopextError(
+            f"{path} is not a ropext result file (it needs the keys {', '.join(RESULT_KEYS)}); "
+            "pass the --json files of `ropext eval`"
+        )
+    return ResultDoc(
+        path,
+        data["task"],
+        str(data["model"]),
+        data["scaling"],
+        data["options"],
+        data["results"],
+        data.get("device"),
+        data.get("dtype"),
+    )
+
+
+def check_result_shape(doc: ResultDoc) -> None:
+    """Its scaling and options are mappings, its results map lengths to results, its scaling has factors."""
+    scaling, options, results = doc.scaling, doc.options, doc.results
+    if not (scaling is None or isinstance(scaling, dict)) or not isinstance(options, dict):
+        raise RopextError(f"{doc.path} is not a ropext result file: 'scaling' or 'options' is not a mapping")
+    if not isinstance(results, dict) or not all(_is_length_key(k) and isinstance(v, dict) for k, v in results.items()):
+        raise RopextError(f"{doc.path} is not a ropext result file: 'results' must map lengths to results")
+    if scaling is not None and not isinstance(scaling.get("factors"), list):
+        raise RopextError(f"{doc.path} is not a ropext result file: its scaling has no factors")
+
+
+def _is_length_key(key: str) -> bool:
+    return isinstance(key, str) and key.isdigit() and int(key) > 0
+
+
+def _is_comparison_summary(data: Any) -> bool:
+    """A file that says it is one (``kind``), or one written before summaries said so: ``{method: {task:
+    {length: result}}}`` with no ``task`` key."""
+    if not isinstance(data, dict):
+        return False
+    if "kind" in data:
+        return data["kind"] == COMPARISON_SUMMARY
+    return (
+        "task" not in data
+        and bool(data)
+        and all(
+            isinstance(tasks, dict)
+            and tasks
+            and all(
+                t in _LEGACY_SUMMARY_TASKS and isinstance(r, dict) and all(map(_is_length_key, r))
+                for t, r in tasks.items()
+            )
+            for tasks in data.values()
+        )
+    )

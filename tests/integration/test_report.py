@@ -285,17 +285,18 @@ def test_a_section_of_one_model_keeps_the_models_labels() -> None:
 
 def test_ruler_average_counts_only_the_tasks_that_have_a_score() -> None:
     # The committed CPU run lists qa_1/qa_2 as unavailable (no question data): 13 tasks, 11 of them scored.
-    from ropext.report import _scored_task_count, ruler_tasks
+    from ropext.report.tables import ruler_tasks, scored_task_count
 
     docs, _ = load_results(sorted((BENCH / "ruler-cpu").glob("ruler-*.json")))
     (section,) = [s for s in build_sections(docs, method_labels(docs)) if s.task == "ruler"]
     assert len(ruler_tasks(section)) == 13
-    assert _scored_task_count(section) == 11
+    assert scored_task_count(section) == 11
 
 
 def test_an_unfinished_ruler_length_is_marked_in_the_table_and_left_out_of_the_plot() -> None:
     # The committed H200 run stopped inside 64k: YaRN has 6 of its 11 tasks there, DCIS 9.
-    from ropext.report import ruler_plot_points, ruler_table
+    from ropext.report.plots import ruler_plot_points
+    from ropext.report.tables import ruler_table
 
     docs, _ = load_results(sorted((BENCH / "ruler-h200").glob("ruler-*.json")))
     labels = method_labels(docs)
@@ -311,7 +312,7 @@ def test_an_unfinished_ruler_length_is_marked_in_the_table_and_left_out_of_the_p
 
 
 def test_scalings_table_says_how_each_search_was_made() -> None:
-    from ropext.report import _provenance_summary
+    from ropext.report.tables import _provenance_summary
 
     floored = load_results([BENCH / "critical-floor-h100" / "ppl-longrope-32k-floor.json"])[0][0]
     unfloored = load_results([SEARCH_32K / "ppl-longrope-32k-32k.json"])[0][0]
@@ -358,10 +359,10 @@ def test_a_section_split_off_by_its_fingerprint_says_why(tmp_path: Path) -> None
 def test_every_plot_title_fits_in_its_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Long titles (several models, two corpus paths, the option that sets the section apart) are wrapped,
     not cut off at the figure's edge."""
-    import ropext.report
+    import ropext.report.plots
 
     figures = []
-    saved = ropext.report._save
+    saved = ropext.report.plots._save
 
     def keep(fig: Any, path: Path) -> None:
         fig.canvas.draw()
@@ -371,7 +372,7 @@ def test_every_plot_title_fits_in_its_figure(tmp_path: Path, monkeypatch: pytest
         figures.append((path.name, fig.bbox.x0, fig.bbox.x1, shown))
         saved(fig, path)
 
-    monkeypatch.setattr(ropext.report, "_save", keep)
+    monkeypatch.setattr(ropext.report.plots, "_save", keep)
     files = [*METHOD_FILES, *sorted(SEARCH_32K.glob("*.json")), *sorted(FINETUNE.glob("*/*.json"))]
     files += sorted((BENCH / "critical-floor-h100").glob("*.json"))
     ropext.report.write_report(files, tmp_path / "out")
