@@ -127,6 +127,19 @@ def test_comparison_summary_in_a_glob_is_skipped(tmp_path: Path) -> None:
     assert "summary.json" in page[page.index("Skipped") :]
 
 
+def test_a_summary_marked_as_one_is_skipped_whatever_its_shape(tmp_path: Path) -> None:
+    """`bench/eval_methods.py` marks its summary with a kind; the report goes by that, not by the numbers' layout."""
+    from ropext.results import comparison_summary
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps(comparison_summary({"pi": {"ppl": {"65536": {"ppl": 12.0}}}, "host": "h100"})))
+    result = run_cli("report", summary, METHODS / "ppl-pi-64k.json", "--out", tmp_path / "out")
+    assert_ok(result)
+    assert "skipped 1" in result.stdout
+    page = (tmp_path / "out" / "report.md").read_text()
+    assert f"`{summary}`" in page[page.index("Skipped") :]
+
+
 def _bad(tmp_path: Path, name: str, content: str | None) -> Path:
     path = tmp_path / name
     if content is not None:

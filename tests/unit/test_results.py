@@ -11,7 +11,7 @@ import pytest
 
 from ropext.errors import RopextError
 from ropext.evaluate.passkey import PasskeyOptions
-from ropext.results import ResultFile
+from ropext.results import ResultFile, comparison_summary, read_result
 
 
 def _header(**options_changes) -> dict:
@@ -135,3 +135,42 @@ def test_a_result_file_in_a_read_only_folder_is_one_clear_error(tmp_path: Path) 
             ResultFile(read_only / "r.json", _header())
     finally:
         read_only.chmod(0o755)
+
+
+def _written(tmp_path: Path, name: str, data: object) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_read_result_gives_the_document_of_a_result_file(tmp_path: Path) -> None:
+    path = tmp_path / "passkey.json"
+    with ResultFile(path, _header()) as results:
+        results.record("128", {"accuracy": 0.5})
+    doc = read_result(path)
+    assert doc is not None
+    assert (doc.path, doc.task, doc.model, doc.scaling) == (path, "passkey", "m", None)
+    assert doc.results == {"128": {"accuracy": 0.5}}
+    assert doc.options["lengths"] == [128, 256]
+
+
+def test_a_comparison_summary_says_what_it_is_and_is_recognised(tmp_path: Path) -> None:
+    # By its kind, whatever the numbers under it look like: a reader need not know the summary's shape.
+    numbers = {"yarn": {"ppl": {"8192": {"ppl": 9.5}}}, "notes": "any shape"}
+    assert read_result(_written(tmp_path, "summary.json", comparison_summary(numbers))) is None
+    # Summaries written before they said what they are: {method: {task: {length: result}}}.
+    assert read_result(_written(tmp_path, "old.json", {"yarn": {"ppl": {"8192": {"ppl": 9.5}}}})) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"kind": "something-else", "yarn": {"ppl": {"8192": {}}}},  # another kind is not a summary
+        {"yarn": {"mmlu": {"8192": {}}}},  # not a task a summary held
+        {"yarn": {"ppl": {"8k": {}}}},  # not lengths
+        {"loss": 1.0},
+    ],
+)
+def test_anything_else_is_not_a_result_file(tmp_path: Path, data: dict) -> None:
+    with pytest.raises(RopextError, match="is not a ropext result file"):
+        read_result(_written(tmp_path, "other.json", data))
