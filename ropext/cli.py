@@ -210,9 +210,8 @@ def search(
 
 
 def _run_searcher(request, out: Path, journal: Path) -> None:
-    import os
-
     from ropext.commands.rerun import command_line
+    from ropext.distributed import environment_world
     from ropext.model.loading import load_layout
     from ropext.progress import ProgressDisplay
     from ropext.search.journal import saved_evaluations
@@ -220,7 +219,7 @@ def _run_searcher(request, out: Path, journal: Path) -> None:
 
     source, layout = load_layout(request.model)
     _check_search_fits(request, source)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not environment_world().is_main:
         # Another process of a torchrun launch: it scores its share; rank 0 reports and writes the file.
         run_search(request, source, layout, journal, None)
         return

@@ -56,9 +56,27 @@ class SearchResult:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+SEED_METHODS = ("pi", "ntk", "yarn")
+"""Closed-form methods whose vectors start a search by default (after a --from file), best guess first."""
+
+FACTS = ("default_attention", "start_token_choices", "seed_methods")
+"""What every searcher says about itself, so ``ropext search`` needs no table of searcher names."""
+
+
 class Searcher(Protocol):
+    """A registry entry of ``ropext.search.SEARCHERS``; a plugin searcher provides the same."""
+
     name: str
     params: type
+    default_attention: str
+    """Attention factor a found vector carries unless --attention-factor says otherwise: ``yarn``
+    (0.1 ln s + 1), ``longrope`` (sqrt(1 + ln s / ln L0)), ``none`` or a number."""
+    start_token_choices: tuple[int, ...]
+    """n̂ values the searcher may try; ``(0,)`` when it does not search n̂."""
+
+    def seed_methods(self, params: Any) -> tuple[str, ...]:
+        """Closed-form methods whose vectors start the search (after a --from file), best guess first."""
+        ...
 
     def expected_evaluations(self, space: SearchSpace, params: Any) -> int: ...
 

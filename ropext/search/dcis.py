@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ropext.errors import RopextError
-from ropext.search.base import Candidate, Objective, SearchResult, SearchSpace, best_of
+from ropext.search.base import SEED_METHODS, Candidate, Objective, SearchResult, SearchSpace, best_of
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,14 @@ def increments(rng: random.Random, k: int, half_width: float, spacing: str) -> l
 class Dcis:
     name = "dcis"
     params = DcisParams
+    # DCIS starts from YaRN, whose attention factor 0.1 ln s + 1 it keeps.
+    default_attention = "yarn"
+    start_token_choices = (0,)
+
+    def seed_methods(self, params: DcisParams) -> tuple[str, ...]:
+        """``init`` first (the vector DCIS refines), then the usual seeds."""
+        first = (params.init,) if params.init else ()
+        return (*first, *(name for name in SEED_METHODS if name != params.init))
 
     def batch_hint(self, params: DcisParams) -> int:
         """Candidates scored per objective call."""

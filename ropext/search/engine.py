@@ -6,7 +6,7 @@
   depend on which candidates it was batched with: a resumed search sees the same numbers.
 - The loss is chunked (`summed_nll`), weights are bf16 on a GPU, and SDPA runs with the backend
   chosen for the hardware (``sdpa_backend``).
-- A candidate is never scored twice: scores are cached by content hash (`Candidate.key`).
+- A candidate is never scored twice: scores are cached by content hash (`frequencies_key`).
 - Several GPUs each take whole batches; each GPU holds its own copy of the (small) model.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
+from ropext.distributed import joined_world
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
 from ropext.model.sdpa import sdpa_context
 from ropext.scaling import RopeScaling
-from ropext.search.base import Candidate
 from ropext.search.batched_rotary import install_batched_rotary
 
 
@@ -64,14 +64,15 @@ class PerplexityEngine:
             rotaries = install_batched_rotary(model, unscaled)
             self.replicas.append((model, device, rotaries, windows.to(device)))
         self.windows = windows
-        self.rank, self.world = distributed_rank()
+        world = joined_world()
+        self.rank, self.world = world.rank, world.size
         self.cache: dict[str, float] = {}
         self.evaluations = 0
         self.on_result: Callable[[str, RopeScaling, float], None] | None = None
         """Called as soon as each new candidate is scored (the search journal appends it there)."""
 
     def __call__(self, scalings: Sequence[RopeScaling], keys: Sequence[str] | None = None) -> list[float]:
-        keys = list(keys) if keys is not None else [scaling_key(s) for s in scalings]
+        keys = list(keys) if keys is not None else [frequencies_key(s) for s in scalings]
         todo = {}
         for key, scaling in zip(keys, scalings, strict=True):
             if key not in self.cache and key not in todo:
@@ -161,16 +162,7 @@ class PerplexityEngine:
         return scaling.inv_freq(length, device=device), scaling.attention_factor, scaling.start_tokens
 
 
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) of this process under torchrun or the deepspeed launcher; (0, 1) otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def scaling_key(scaling: RopeScaling) -> str:
+def frequencies_key(scaling: RopeScaling) -> str:
     """Content hash of what changes the frequencies: both vectors, attention factor, n̂."""
     import hashlib
     import struct
@@ -181,12 +173,3 @@ def scaling_key(scaling: RopeScaling) -> str:
         digest.update(b"|")
     digest.update(struct.pack("<dq", scaling.attention_factor, scaling.start_tokens))
     return digest.hexdigest()[:24]
-
-
-def objective_for(engine: PerplexityEngine, to_scaling: Callable[[Candidate], RopeScaling]):
-    """A searcher's objective over candidates, backed by the engine (and its cache)."""
-
-    def objective(candidates: Sequence[Candidate]) -> list[float]:
-        return engine([to_scaling(c) for c in candidates])
-
-    return objective

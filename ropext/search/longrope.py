@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from ropext.errors import RopextError
-from ropext.search.base import Candidate, Objective, SearchResult, SearchSpace
+from ropext.search.base import SEED_METHODS, Candidate, Objective, SearchResult, SearchSpace
 
 START_TOKEN_CHOICES = (0, 1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 64, 128, 256)
 _TRIES = 200
@@ -70,6 +70,12 @@ def _monotone(indices: list[int]) -> bool:
 class LongRope:
     name = "longrope"
     params = LongRopeParams
+    # LongRoPE's code scales attention by sqrt(1 + ln s / ln L0).
+    default_attention = "longrope"
+    start_token_choices = START_TOKEN_CHOICES
+
+    def seed_methods(self, params: LongRopeParams) -> tuple[str, ...]:
+        return SEED_METHODS
 
     def batch_hint(self, params: LongRopeParams) -> int:
         """Candidates scored per objective call (a generation's children)."""

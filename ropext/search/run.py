@@ -1,4 +1,5 @@
-"""``ropext search`` with a perplexity-guided searcher: windows, engine, journal, searcher, YAML."""
+"""``ropext search`` with a perplexity-guided searcher, in plain steps:
+validate -> space -> objective -> journal -> searcher -> provenance."""
 
 from __future__ import annotations
 
@@ -15,20 +16,16 @@ from ropext import __version__
 from ropext.critical import critical_floors
 from ropext.data.corpus import open_corpus
 from ropext.data.tokenized import tokenize_corpus
+from ropext.distributed import World, join_launched_processes, launched_device
 from ropext.errors import RopextError
 from ropext.methods import METHODS
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import ModelSource, load_model, load_tokenizer, resolve_dtype
 from ropext.scaling import RopeScaling
 from ropext.search import SEARCHERS
-from ropext.search.base import Candidate, SearchSpace
-from ropext.search.engine import EngineOptions, PerplexityEngine, scaling_key
+from ropext.search.base import FACTS, Candidate, SearchSpace
+from ropext.search.engine import EngineOptions, PerplexityEngine, frequencies_key
 from ropext.search.journal import Journal
-from ropext.search.longrope import START_TOKEN_CHOICES
-
-# The attention factor a searched vector carries, by searcher. LongRoPE's code uses
-# sqrt(1 + ln s / ln L0); DCIS starts from YaRN, whose 0.1 ln s + 1 it keeps.
-DEFAULT_ATTENTION = {"dcis": "yarn", "longrope": "longrope"}
 
 
 @dataclass(frozen=True)
@@ -52,10 +49,6 @@ class SearchRequest:
     """Keep the factors of pairs that never complete a turn within the original context at s or above
     (``ropext.critical``), so no position up to the target reaches an angle unseen in training."""
     engine: EngineOptions = field(default_factory=EngineOptions)
-
-
-class BudgetReached(Exception):
-    pass
 
 
 def attention_factor(spec: str, scale: float, original: int) -> float:
@@ -98,6 +91,21 @@ def resolve_devices(devices: Sequence[str]) -> list[str]:
     return ["cpu"]
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """What the checked request settles before anything heavy loads."""
+
+    searcher: Any
+    params: Any
+    base: RopeScaling | None
+    """The --from scaling, if any."""
+    short: bool
+    """A short-factor search (--short-length): it varies --from's short vector, keeps its long factors and n̂."""
+    window_length: int
+    attention_spec: str
+    attention: float
+
+
 def run_search(
     request: SearchRequest,
     source: ModelSource,
@@ -106,9 +114,48 @@ def run_search(
     on_progress: Callable[[int, int, float], None] | None = None,
 ) -> RopeScaling:
     """Search, journaling every evaluation; returns the best scaling with its provenance."""
-    searcher = SEARCHERS.get(request.searcher)
-    params = _parse(searcher, request.params)
     began = time.perf_counter()
+    plan = validate(request, layout)
+    space = search_space(layout, request, plan)
+    world = join_launched_processes()
+    # Under torchrun each process drives the GPU of its local rank; alone, every --devices GPU.
+    devices = [launched_device()] if world.size > 1 else resolve_devices(request.devices)
+    windows = search_windows(load_tokenizer(source), request, plan.window_length)
+    identity = journal_identity(request, layout, plan, space)
+    replicas = [(load_model(source, device=d, dtype=resolve_dtype(request.dtype, d)), d) for d in devices]
+    # Only now that everything loaded: a run that fails before this leaves no journal behind.
+    # Only rank 0 keeps the journal; the others receive its scores, so every process retraces the same steps.
+    journal = Journal(journal_path, identity) if world.is_main else None
+    try:
+        engine = perplexity_engine(request, layout, plan, replicas, windows)
+        earlier = replay_journal(engine, journal, world)  # seconds spent by earlier, interrupted runs
+        replayed = len(engine.cache)
+        expected = plan.searcher.expected_evaluations(space, plan.params)
+        if request.budget is not None:
+            expected = min(expected, request.budget)  # what the progress bar counts to: the budget stops it there
+        engine.on_result = JournalRecorder(journal, plan.short, began, earlier, expected, engine, on_progress)
+        objective = BudgetedObjective(engine, lambda c: to_scaling(request, layout, plan, c), request.budget)
+        winner, score = run_searcher(plan, space, objective, request.seed)
+    finally:
+        if journal is not None:
+            journal.close()
+    seconds = earlier + time.perf_counter() - began  # the whole search, over all its runs
+    return winner.with_provenance(
+        **provenance(request, plan, space, engine, replayed, objective.stopped, seconds, score, devices, world)
+    )
+
+
+# ------------------------------------------------------------------------------------------- validate
+def validate(request: SearchRequest, layout: RotaryLayout) -> SearchPlan:
+    """Check the request against the model; one clear error for what does not fit, before anything loads."""
+    searcher = SEARCHERS.get(request.searcher)
+    missing = [fact for fact in FACTS if not hasattr(searcher, fact)]
+    if missing:
+        raise RopextError(
+            f"searcher {searcher.name!r} does not say its {', '.join(missing)}: "
+            "give them in its registry entry (see ropext.search.base.Searcher)"
+        )
+    params = _parse(searcher, request.params)
     base = RopeScaling.load(request.start_from) if request.start_from else None
     if base is not None:
         base.check_matches(layout, source=str(request.start_from))
@@ -124,136 +171,233 @@ def run_search(
         )
     if short and base is None:
         raise RopextError("--short-length searches the short factors of --from FILE; give --from with the long factors")
-    window_length = request.short_length if short else request.target_length
     scale = request.target_length / layout.original_max_position_embeddings
-    attention_spec = request.attention or DEFAULT_ATTENTION.get(searcher.name, "none")
+    attention_spec = request.attention or searcher.default_attention
     attention = (
         base.attention_factor
         if short and base is not None
         else attention_factor(attention_spec, scale, layout.original_max_position_embeddings)
     )
+    return SearchPlan(
+        searcher=searcher,
+        params=params,
+        base=base,
+        short=short,
+        window_length=request.short_length if short else request.target_length,
+        attention_spec=attention_spec,
+        attention=attention,
+    )
 
-    def to_scaling(candidate: Candidate) -> RopeScaling:
-        # A short-factor search varies --from's short vector and keeps its long factors and n̂.
-        long, start_tokens = (base.factors, base.start_tokens) if short else (candidate.factors, candidate.start_tokens)
-        return RopeScaling(
-            method=searcher.name,
-            rope_theta=layout.rope_theta,
-            rotary_dim=layout.rotary_dim,
-            original_max_position_embeddings=layout.original_max_position_embeddings,
-            max_position_embeddings=request.target_length,
-            factors=long,
-            short_factors=candidate.factors if short else None,
-            attention_factor=attention,
-            start_tokens=start_tokens,
-        )
 
-    space = _space(layout, request, base, short, params)
-    rank, world = join_launched_processes()
-    # Under torchrun each process drives the GPU of its local rank; alone, every --devices GPU.
-    devices = [launched_device()] if world > 1 else resolve_devices(request.devices)
-    tokenizer = load_tokenizer(source)
-    windows = search_windows(tokenizer, request, window_length)
-    identity = {
-        "model": request.model,
-        "layout": asdict(layout) | {"name": None},
-        "corpus": request.corpus,
-        "corpus_fingerprint": open_corpus(request.corpus).fingerprint,
-        "window_length": window_length,
-        "samples": request.samples,
-        "skip_docs": request.skip_docs,
-        "target_length": request.target_length,
-        "searcher": searcher.name,
-        "params": asdict(params),
-        "seed": request.seed,
-        "attention_factor": attention,
-        "short": short,
-        "from": base.to_dict() if base is not None else None,
-    }
-    if space.floors is not None:
-        # Only when on: journals written before the floor existed resume under --no-critical-floor.
-        identity["critical_floor"] = True
-    replicas = []
-    for device in devices:
-        model = load_model(source, device=device, dtype=resolve_dtype(request.dtype, device))
-        replicas.append((model, device))
-    # Only now that everything loaded: a run that fails before this leaves no journal behind.
-    # Only rank 0 keeps the journal; the others receive its scores, so every process retraces the same steps.
-    journal = Journal(journal_path, identity) if rank == 0 else None
+def _parse(searcher: Any, pairs: Sequence[str]) -> Any:
+    from ropext.methods.base import parse_params
+
+    return parse_params(searcher.params, pairs, where=f"searcher {searcher.name!r}")
+
+
+# ---------------------------------------------------------------------------------------------- space
+def search_space(layout: RotaryLayout, request: SearchRequest, plan: SearchPlan) -> SearchSpace:
+    """Seeds, n̂ choices and floors of the search, from the searcher's own facts."""
+    if plan.short:
+        scale = max(request.short_length / layout.original_max_position_embeddings, 1.0)
+        initial = [tuple([1.0] * layout.pairs)]
+        if plan.base is not None and plan.base.short_factors is not None:
+            initial.insert(0, plan.base.short_factors)
+        return SearchSpace(layout.pairs, scale, tuple(initial), (0,))
+    scale = request.target_length / layout.original_max_position_embeddings
+    seeds = []
+    if plan.base is not None:
+        seeds.append(plan.base.factors)
+    for name in plan.searcher.seed_methods(plan.params):
+        method = METHODS.get(name)
+        seeds.append(method.run(layout, request.target_length, method.params()).factors)
+    floors = None
+    if request.critical_floor:
+        l0 = layout.original_max_position_embeddings
+        floors = critical_floors(layout.rope_theta, layout.rotary_dim, l0, scale)
+    return SearchSpace(layout.pairs, scale, tuple(seeds), tuple(plan.searcher.start_token_choices), floors)
+
+
+# ------------------------------------------------------------------------------------------ objective
+def to_scaling(request: SearchRequest, layout: RotaryLayout, plan: SearchPlan, candidate: Candidate) -> RopeScaling:
+    """The scaling a candidate stands for."""
+    # A short-factor search varies --from's short vector and keeps its long factors and n̂.
+    source = plan.base if plan.short else candidate
+    long, start_tokens = source.factors, source.start_tokens
+    return RopeScaling(
+        method=plan.searcher.name,
+        rope_theta=layout.rope_theta,
+        rotary_dim=layout.rotary_dim,
+        original_max_position_embeddings=layout.original_max_position_embeddings,
+        max_position_embeddings=request.target_length,
+        factors=long,
+        short_factors=candidate.factors if plan.short else None,
+        attention_factor=plan.attention,
+        start_tokens=start_tokens,
+    )
+
+
+def perplexity_engine(
+    request: SearchRequest,
+    layout: RotaryLayout,
+    plan: SearchPlan,
+    replicas: list[tuple[Any, str]],
+    windows: torch.Tensor,
+) -> PerplexityEngine:
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
-    engine_options = replace(request.engine, candidates_per_batch=searcher.batch_hint(params))
-    engine = PerplexityEngine(replicas, windows, unscaled, engine_options)
-    replay = [journal.scores() if journal else {}, journal.elapsed() if journal else 0.0]
-    if world > 1:
-        import torch.distributed as dist
+    options = replace(request.engine, candidates_per_batch=plan.searcher.batch_hint(plan.params))
+    return PerplexityEngine(replicas, windows, unscaled, options)
 
-        dist.broadcast_object_list(replay, src=0)
-    engine.cache.update(replay[0])
-    replayed = len(engine.cache)
-    earlier = replay[1]  # seconds spent by earlier, interrupted runs of this search
-    expected = searcher.expected_evaluations(space, params)
-    if request.budget is not None:
-        expected = min(expected, request.budget)  # what the progress bar counts to: the budget stops it there
-    best = [min(engine.cache.values(), default=math.inf)]
 
-    def record(key: str, scaling: RopeScaling, score: float) -> None:
-        best[0] = min(best[0], score)
-        if journal is None:
-            return
-        vector = scaling.short_factors if short else scaling.factors
-        journal.append(
-            key,
-            {
-                "factors": list(vector),
-                "start_tokens": scaling.start_tokens,
-                "elapsed": round(earlier + time.perf_counter() - began, 3),
-            },
-            score,
-        )
-        if on_progress is not None:
-            on_progress(len(journal.entries), expected, best[0])
+class BudgetReached(Exception):
+    pass
 
-    engine.on_result = record
-    if on_progress is not None and journal is not None:
-        on_progress(len(journal.entries), expected, best[0])
-    candidates_seen: dict[str, Candidate] = {}
 
-    def objective(candidates: Sequence[Candidate]) -> list[float]:
-        scalings = [to_scaling(c) for c in candidates]
-        keys = [scaling_key(s) for s in scalings]
-        candidates_seen.update(zip(keys, candidates, strict=True))
-        if request.budget is not None:
+class BudgetedObjective:
+    """The searcher's ``f(candidates) -> scores`` on the engine; past --budget it scores what fits and stops."""
+
+    def __init__(
+        self, engine: PerplexityEngine, to_scaling: Callable[[Candidate], RopeScaling], budget: int | None
+    ) -> None:
+        self.engine, self.to_scaling, self.budget = engine, to_scaling, budget
+        self.seen: dict[str, Candidate] = {}
+        self.stopped = False
+        """Whether the budget ended the search."""
+
+    def __call__(self, candidates: Sequence[Candidate]) -> list[float]:
+        engine = self.engine
+        scalings = [self.to_scaling(c) for c in candidates]
+        keys = [frequencies_key(s) for s in scalings]
+        self.seen.update(zip(keys, candidates, strict=True))
+        if self.budget is not None:
             new = list(dict.fromkeys(k for k in keys if k not in engine.cache))
-            room = request.budget - len(engine.cache)
+            room = self.budget - len(engine.cache)
             if len(new) > room:
                 # Spend the budget exactly: score the first candidates that fit, then stop.
                 chosen = {k: s for k, s in zip(keys, scalings, strict=True) if k in set(new[: max(room, 0)])}
                 if chosen:
                     engine(list(chosen.values()), list(chosen))
+                self.stopped = True
                 raise BudgetReached
         return engine(scalings, keys)
 
-    stopped_by_budget = False
-    try:
-        result = searcher.run(objective, space, params, request.seed)
-        winner, score = to_scaling(result.best), result.score
-    except BudgetReached:
-        stopped_by_budget = True
-        scored = [k for k in candidates_seen if k in engine.cache]
+    def best_scored(self) -> tuple[Candidate, float]:
+        """The best candidate scored so far (lowest score, then lowest key)."""
+        scored = [k for k in self.seen if k in self.engine.cache]
         if not scored:
             raise RopextError("--budget must allow at least one evaluation") from None
-        key = min(scored, key=lambda k: (engine.cache[k], k))
-        winner, score = to_scaling(candidates_seen[key]), engine.cache[key]
-    finally:
-        if journal is not None:
-            journal.close()
-    seconds = earlier + time.perf_counter() - began  # the whole search, over all its runs
-    return winner.with_provenance(
-        searcher=searcher.name,
-        params=asdict(params),
+        key = min(scored, key=lambda k: (self.engine.cache[k], k))
+        return self.seen[key], self.engine.cache[key]
+
+
+# -------------------------------------------------------------------------------------------- journal
+def journal_identity(
+    request: SearchRequest, layout: RotaryLayout, plan: SearchPlan, space: SearchSpace
+) -> dict[str, Any]:
+    """What makes two runs the same search: a journal resumes only under an equal identity."""
+    identity = {
+        "model": request.model,
+        "layout": asdict(layout) | {"name": None},
+        "corpus": request.corpus,
+        "corpus_fingerprint": open_corpus(request.corpus).fingerprint,
+        "window_length": plan.window_length,
+        "samples": request.samples,
+        "skip_docs": request.skip_docs,
+        "target_length": request.target_length,
+        "searcher": plan.searcher.name,
+        "params": asdict(plan.params),
+        "seed": request.seed,
+        "attention_factor": plan.attention,
+        "short": plan.short,
+        "from": plan.base.to_dict() if plan.base is not None else None,
+    }
+    if space.floors is not None:
+        # Only when on: journals written before the floor existed resume under --no-critical-floor.
+        identity["critical_floor"] = True
+    return identity
+
+
+def replay_journal(engine: PerplexityEngine, journal: Journal | None, world: World) -> float:
+    """Fill the engine's cache with the journal's scores (rank 0 reads, the others receive); earlier seconds."""
+    replay = [journal.scores() if journal else {}, journal.elapsed() if journal else 0.0]
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(replay, src=0)
+    engine.cache.update(replay[0])
+    return replay[1]
+
+
+class JournalRecorder:
+    """The engine's ``on_result``: appends each new score to the journal (rank 0) and reports progress."""
+
+    def __init__(
+        self,
+        journal: Journal | None,
+        short: bool,
+        began: float,
+        earlier: float,
+        expected: int,
+        engine: PerplexityEngine,
+        on_progress: Callable[[int, int, float], None] | None,
+    ) -> None:
+        self.journal, self.short, self.began, self.earlier = journal, short, began, earlier
+        self.expected, self.on_progress = expected, on_progress
+        self.best = min(engine.cache.values(), default=math.inf)
+        if on_progress is not None and journal is not None:
+            on_progress(len(journal.entries), expected, self.best)
+
+    def __call__(self, key: str, scaling: RopeScaling, score: float) -> None:
+        self.best = min(self.best, score)
+        if self.journal is None:
+            return
+        vector = scaling.short_factors if self.short else scaling.factors
+        self.journal.append(
+            key,
+            {
+                "factors": list(vector),
+                "start_tokens": scaling.start_tokens,
+                "elapsed": round(self.earlier + time.perf_counter() - self.began, 3),
+            },
+            score,
+        )
+        if self.on_progress is not None:
+            self.on_progress(len(self.journal.entries), self.expected, self.best)
+
+
+# ------------------------------------------------------------------------------------------- searcher
+def run_searcher(
+    plan: SearchPlan, space: SearchSpace, objective: BudgetedObjective, seed: int
+) -> tuple[RopeScaling, float]:
+    """The searcher's best scaling and its score; under --budget, the best of what the budget scored."""
+    try:
+        result = plan.searcher.run(objective, space, plan.params, seed)
+        return objective.to_scaling(result.best), result.score
+    except BudgetReached:
+        candidate, score = objective.best_scored()
+        return objective.to_scaling(candidate), score
+
+
+# ----------------------------------------------------------------------------------------- provenance
+def provenance(
+    request: SearchRequest,
+    plan: SearchPlan,
+    space: SearchSpace,
+    engine: PerplexityEngine,
+    replayed: int,
+    stopped_by_budget: bool,
+    seconds: float,
+    score: float,
+    devices: list[str],
+    world: World,
+) -> dict[str, Any]:
+    """The provenance keys of a searched scaling (their names and order are part of the YAML format)."""
+    return dict(
+        searcher=plan.searcher.name,
+        params=asdict(plan.params),
         objective="perplexity",
         corpus=request.corpus,
-        lengths={"window": window_length, "target": request.target_length},
+        lengths={"window": plan.window_length, "target": request.target_length},
         samples=request.samples,
         skip_docs=request.skip_docs,
         evaluations=len(engine.cache),
@@ -265,64 +409,9 @@ def run_search(
         model=request.model,
         ropext_version=__version__,
         devices=devices,
-        processes=world,
-        attention=attention_spec,
+        processes=world.size,
+        attention=plan.attention_spec,
         started_from=str(request.start_from) if request.start_from else None,
-        short_search=short,
+        short_search=plan.short,
         critical_floor=space.floors is not None,
     )
-
-
-def join_launched_processes() -> tuple[int, int]:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1); (rank, world size)."""
-    import os
-
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def launched_device() -> str:
-    import os
-
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
-
-
-def _parse(searcher: Any, pairs: Sequence[str]) -> Any:
-    from ropext.methods.base import parse_params
-
-    return parse_params(searcher.params, pairs, where=f"searcher {searcher.name!r}")
-
-
-def _space(
-    layout: RotaryLayout, request: SearchRequest, base: RopeScaling | None, short: bool, params: Any
-) -> SearchSpace:
-    if short:
-        scale = max(request.short_length / layout.original_max_position_embeddings, 1.0)
-        initial = [tuple([1.0] * layout.pairs)]
-        if base is not None and base.short_factors is not None:
-            initial.insert(0, base.short_factors)
-        return SearchSpace(layout.pairs, scale, tuple(initial), (0,))
-    scale = request.target_length / layout.original_max_position_embeddings
-    seeds = []
-    if base is not None:
-        seeds.append(base.factors)
-    init = getattr(params, "init", None)
-    names = [init] if init else []
-    names += [n for n in ("pi", "ntk", "yarn") if n not in names]
-    for name in names:
-        method = METHODS.get(name)
-        seeds.append(method.run(layout, request.target_length, method.params()).factors)
-    floors = None
-    if request.critical_floor:
-        l0 = layout.original_max_position_embeddings
-        floors = critical_floors(layout.rope_theta, layout.rotary_dim, l0, scale)
-    return SearchSpace(layout.pairs, scale, tuple(seeds), START_TOKEN_CHOICES, floors)

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ropext import __version__
+from ropext.distributed import World
+from ropext.distributed import launcher_world as launcher_world  # where `ropext finetune` looks it up
 from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS
 from ropext.model.layout import RotaryLayout
@@ -47,8 +49,6 @@ SCALING_FILE = "rope_scaling.yaml"
 SIDECAR = "ropext.json"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 INITIALISATIONS = ("pretrained", "random")
-# Environment a launcher (deepspeed, torchrun) sets for each process it starts.
-_LAUNCHER_KEYS = ("WORLD_SIZE", "LOCAL_RANK")
 _PROCESS_GROUP_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE")
 
 
@@ -85,32 +85,6 @@ class FinetuneRequest:
     """SDPA kernels (ropext.model.sdpa): cuDNN first by default, as for search and evaluation."""
     save_model: bool = True
     """False: no final Hugging Face folder (throughput runs); checkpoints are still written as asked."""
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the training processes."""
-
-    rank: int = 0
-    local_rank: int = 0
-    size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def launcher_world() -> World | None:
-    """The world a launcher (``deepspeed``, ``torchrun``) started this process in; None without one."""
-    if not any(key in os.environ for key in _LAUNCHER_KEYS):
-        return None
-    try:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        rank = int(os.environ.get("RANK", str(local_rank)))
-    except ValueError:
-        raise RopextError("WORLD_SIZE, RANK and LOCAL_RANK must be integers when set") from None
-    return World(rank=rank, local_rank=local_rank, size=size)
 
 
 @dataclass

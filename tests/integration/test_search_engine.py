@@ -21,7 +21,7 @@ from ropext.methods import METHODS
 from ropext.model.apply import apply_scaling
 from ropext.model.layout import RotaryLayout, read_layout
 from ropext.scaling import RopeScaling
-from ropext.search.engine import EngineOptions, PerplexityEngine, scaling_key
+from ropext.search.engine import EngineOptions, PerplexityEngine, frequencies_key
 from ropext.search.journal import Journal
 
 WINDOW = 512
@@ -73,7 +73,7 @@ def candidates(layout: RotaryLayout) -> list[RopeScaling]:
     with_start_tokens = dataclasses.replace(yarn, start_tokens=8)
     ordered_yarn = dataclasses.replace(yarn, factors=tuple(sorted(yarn.factors, reverse=True)))
     found = [*closed_form, shuffled, with_start_tokens, ordered_yarn]
-    assert len({scaling_key(s) for s in found}) == len(found)
+    assert len({frequencies_key(s) for s in found}) == len(found)
     return found
 
 
@@ -170,9 +170,9 @@ def test_cache_scores_each_candidate_once(
 
     first = engine([*candidates[:3], candidates[0]])  # a duplicate in one call is scored once
     assert engine.evaluations == 3
-    assert sorted(key for key, _ in reported) == sorted(scaling_key(s) for s in candidates[:3])
+    assert sorted(key for key, _ in reported) == sorted(frequencies_key(s) for s in candidates[:3])
     assert first[0] == first[3]
-    assert dict(reported)[scaling_key(candidates[1])] == first[1]
+    assert dict(reported)[frequencies_key(candidates[1])] == first[1]
 
     reported.clear()
     again = engine(list(reversed(candidates[:3])))
@@ -198,11 +198,11 @@ def test_two_replicas_give_the_scores_of_one(
     scores = engine(candidates)
     for score, expected in zip(scores, batched_scores, strict=True):
         assert_rel(score, expected, 1e-6)
-    assert sorted(reported) == sorted(scaling_key(s) for s in candidates)
+    assert sorted(reported) == sorted(frequencies_key(s) for s in candidates)
     assert engine.evaluations == len(candidates)
 
 
-def test_scaling_key_covers_what_changes_frequencies(candidates: list[RopeScaling]) -> None:
+def test_frequencies_key_covers_what_changes_frequencies(candidates: list[RopeScaling]) -> None:
     yarn = candidates[1]
     variants = [
         yarn,
@@ -211,8 +211,8 @@ def test_scaling_key_covers_what_changes_frequencies(candidates: list[RopeScalin
         dataclasses.replace(yarn, short_factors=yarn.factors),
         dataclasses.replace(yarn, factors=(math.nextafter(yarn.factors[0], math.inf), *yarn.factors[1:])),
     ]
-    assert len({scaling_key(v) for v in variants}) == len(variants)
-    assert scaling_key(dataclasses.replace(yarn, method="other", provenance={"x": 1})) == scaling_key(yarn)
+    assert len({frequencies_key(v) for v in variants}) == len(variants)
+    assert frequencies_key(dataclasses.replace(yarn, method="other", provenance={"x": 1})) == frequencies_key(yarn)
 
 
 # --------------------------------------------------------------------------- the journal
