@@ -370,3 +370,25 @@ def test_candidate_key_follows_the_content() -> None:
     assert Candidate(factors, 9).key() != key
     assert Candidate(factors[:3], 8).key() != key
     assert Candidate(factors).key() == Candidate(factors, 0).key()
+
+
+# --------------------------------------------------------------------------- facts each searcher owns
+def test_every_builtin_searcher_gives_its_facts() -> None:
+    from ropext.search import SEARCHERS
+    from ropext.search.base import FACTS
+
+    for entry in SEARCHERS:
+        searcher = SEARCHERS.get(entry.name)
+        assert all(hasattr(searcher, fact) for fact in FACTS), entry.name
+
+
+def test_searchers_own_their_attention_start_tokens_and_seeds() -> None:
+    assert (DCIS.default_attention, LONGROPE.default_attention) == ("yarn", "longrope")
+    assert DCIS.start_token_choices == (0,)
+    assert LONGROPE.start_token_choices == START_TOKEN_CHOICES
+    assert LONGROPE.seed_methods(LongRopeParams()) == ("pi", "ntk", "yarn")
+    # DCIS refines its init vector: it goes first, the others follow without repeating it.
+    assert DCIS.seed_methods(DcisParams()) == ("yarn", "pi", "ntk")
+    assert DCIS.seed_methods(DcisParams(init="ntk")) == ("ntk", "pi", "yarn")
+    assert DCIS.seed_methods(DcisParams(init="llama3")) == ("llama3", "pi", "ntk", "yarn")
+    assert DCIS.seed_methods(DcisParams(init="")) == ("pi", "ntk", "yarn")
