@@ -18,10 +18,10 @@ METHOD_ORDER = ("original", "none", "pi", "ntk", "dynamic", "yarn", "dprope", "d
 """Methods in tables and legends: baselines, closed forms, searchers; others after, in order of appearance."""
 
 SeriesKey = tuple[str, str]
-"""(model, ``scaling_key``): one series, the same in every section it appears in."""
+"""(model, ``series_scaling_key``): one series, the same in every section it appears in."""
 
 
-def scaling_key(scaling: dict[str, Any] | None) -> str:
+def series_scaling_key(scaling: dict[str, Any] | None) -> str:
     """What makes two scalings evaluate alike: method, factor vectors, attention factor, start tokens
     (and the target length only for ``dynamic``, whose factors depend on it). ``none`` computed for
     32k and for 64k is the same scaling."""
@@ -34,8 +34,8 @@ def scaling_key(scaling: dict[str, Any] | None) -> str:
 
 
 def label_key(doc: ResultDoc) -> SeriesKey:
-    """What a label names: one scaling (by ``scaling_key``) of one model."""
-    return doc.model, scaling_key(doc.scaling)
+    """What a label names: one scaling (by ``series_scaling_key``) of one model."""
+    return doc.model, series_scaling_key(doc.scaling)
 
 
 def method_labels(docs: Iterable[ResultDoc]) -> dict[SeriesKey, str]:
