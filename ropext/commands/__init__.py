@@ -1,1 +1,2 @@
-"""CLI commands that live in their own modules; ropext/cli.py registers them."""
+"""Every CLI command, one module each, and the helpers they share (common.py, options.py); ropext/cli.py only
+assembles them into the Typer app."""

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ropext.commands import common
+from ropext.commands.common import Scaled
 from ropext.commands.options import (
     DeviceOption,
     DtypeOption,
@@ -22,12 +24,8 @@ from ropext.commands.options import (
     ModelOption,
     ParamOption,
     TargetOption,
-    passkey_options,
-    ruler_options,
 )
 from ropext.errors import RopextError
-
-RUNNABLE = ("ppl", "passkey", "ruler")
 
 
 def eval_run(
@@ -92,76 +90,78 @@ def eval_run(
     ] = None,
 ) -> None:
     """Several tasks with one model load: ppl, passkey and/or ruler, each with its own result file."""
-    from ropext.cli import _choose, _length_option, _lengths, _open_results, _prepare, _print_table, _run_task
-    from ropext.commands.ruler_command import _score_table
-    from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
     from ropext.lengths import parse_lengths
     from ropext.paths import check_output_file, check_output_folder
 
-    names = _task_names(tasks)
+    tasks_run = _tasks(tasks)
     check_output_folder(json_dir, "--json-dir")
-    for name in names if json_dir is not None else ():
-        check_output_file(json_dir / f"{name}.json", "--json-dir")
-    if "ruler" in names:  # a result file of other RULER prompts is refused before anything loads
-        refuse_other_prompts(json_dir / "ruler.json" if json_dir is not None else None)
+    json_paths = {task.name: json_dir / f"{task.name}.json" if json_dir is not None else None for task in tasks_run}
+    for path in json_paths.values():
+        if path is not None:
+            check_output_file(path, "--json-dir")
+    for task in tasks_run:  # e.g. a result file of other RULER prompts is refused before anything loads
+        task.check_result_file(json_paths[task.name])
     own = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
-    chosen = _choose(model, factors, method, target_length, param)
+    scaled = Scaled(model, factors, method, target_length, param, device, dtype)
+    chosen = scaled.choose()
     # --lengths or --max-len serve every task without lengths of its own (and may not both be given).
     shared = None
-    if lengths is not None or max_len is not None or any(own[name] is None for name in names):
-        shared = _lengths(lengths, max_len, chosen)
+    if lengths is not None or max_len is not None or any(own.get(task.name) is None for task in tasks_run):
+        shared = common.lengths(lengths, max_len, chosen)
     task_lengths = {
-        name: tuple(parse_lengths(own[name], f"--{name}-lengths")) if own[name] is not None else shared
-        for name in names
+        task.name: tuple(parse_lengths(own[task.name], f"--{task.name}-lengths"))
+        if own.get(task.name) is not None
+        else shared
+        for task in tasks_run
     }
     # Every option is checked before the model is loaded.
-    options: dict[str, Any] = {}
-    if "ppl" in names:
-        options["ppl"] = _ppl_options(corpus, task_lengths["ppl"], max_docs, skip_docs, mode, stride, chunk_tokens)
-    if "passkey" in names:
-        options["passkey"] = passkey_options(task_lengths["passkey"], depths, trials, seed)
-    if "ruler" in names:
-        options["ruler"] = ruler_options(
-            task_lengths["ruler"],
-            ruler_tasks,
-            samples,
-            seed,
-            haystack_corpus,
-            qa_data,
-            batch_size,
-            max_new_tokens,
-            chat_template,
-        )
+    values = {
+        "corpus": corpus,
+        "max_docs": max_docs,
+        "skip_docs": skip_docs,
+        "mode": mode,
+        "stride": stride,
+        "chunk_tokens": chunk_tokens,
+        "depths": depths,
+        "trials": trials,
+        "seed": seed,
+        "ruler_tasks": ruler_tasks,
+        "samples": samples,
+        "haystack_corpus": haystack_corpus,
+        "qa_data": qa_data,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "chat_template": chat_template,
+    }
+    options: dict[str, Any] = {task.name: task.options(task_lengths[task.name], **values) for task in tasks_run}
     # Each task's lengths, under the option that gave them, for the memory check.
     lengths_given: dict[str, tuple[int, ...]] = {}
-    for name in names:
-        option = f"--{name}-lengths" if own[name] is not None else _length_option(max_len)
-        lengths_given[option] = tuple(sorted({*lengths_given.get(option, ()), *task_lengths[name]}))
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
-    if "ruler" in options:  # chat template or not: decided by the tokenizer, stored as chosen
-        options["ruler"] = resolve_chat_template(options["ruler"], prepared.tokenizer)
-    json_paths = {name: json_dir / f"{name}.json" if json_dir is not None else None for name in names}
+    for task in tasks_run:
+        option = f"--{task.name}-lengths" if own.get(task.name) is not None else common.length_option(max_len)
+        lengths_given[option] = tuple(sorted({*lengths_given.get(option, ()), *task_lengths[task.name]}))
+    prepared = scaled.prepare(lengths_given, chosen)
+    for task in tasks_run:  # e.g. chat template or not: decided by the tokenizer, stored as chosen
+        options[task.name] = task.settle(options[task.name], prepared.tokenizer)
     with ExitStack() as opened:
         # Every result file is locked and checked before the first task starts, not when its turn comes.
         stores = {
-            name: opened.enter_context(_open_results(name, prepared, options[name], json_paths[name])) for name in names
+            task.name: opened.enter_context(
+                common.open_results(task.name, prepared, options[task.name], json_paths[task.name])
+            )
+            for task in tasks_run
         }
-        for name in names:
-            json_path = json_paths[name]
-            document = _run_task(name, prepared, options[name], json_path, stores[name])
-            if name == "ppl":
-                _print_table(document, ("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"))
-            elif name == "passkey":
-                _print_table(document, ("accuracy", "depths"))
-            else:
-                _print_table(*_score_table(document))
+        for task in tasks_run:
+            json_path = json_paths[task.name]
+            document = common.run_task(task, prepared, options[task.name], json_path, stores[task.name])
+            common.print_results(task, document)
             if json_path is not None:
                 typer.echo(f"wrote {json_path}")
 
 
-def _task_names(text: str) -> list[str]:
-    """Canonical task names in the order given, each once; unknown names fail with a suggestion."""
+def _tasks(text: str) -> list[Any]:  # -> list[Task]
+    """The tasks named, in the order given, each once; unknown names fail with a suggestion."""
     from ropext.evaluate import TASKS
+    from ropext.evaluate.task import Task
     from ropext.registry import load_plugins
 
     load_plugins()
@@ -169,35 +169,7 @@ def _task_names(text: str) -> list[str]:
     if not names:
         raise RopextError("--tasks is empty: write e.g. --tasks ppl,passkey,ruler")
     for name in names:
-        if name not in RUNNABLE:
-            raise RopextError(f"`eval run` runs {', '.join(RUNNABLE)}; run task {name!r} with its own command")
-    return names
-
-
-def _ppl_options(
-    corpus: str | None,
-    lengths: tuple[int, ...],
-    max_docs: int,
-    skip_docs: int,
-    mode: str,
-    stride: str | None,
-    chunk_tokens: int,
-):  # -> PerplexityOptions
-    from ropext.data.corpus import open_corpus
-    from ropext.evaluate.ppl import PerplexityOptions
-    from ropext.lengths import parse_length
-
-    if corpus is None:
-        raise RopextError("task ppl needs --corpus (the long documents to score)")
-    if mode not in ("truncate", "sliding"):
-        raise RopextError(f"unknown --mode {mode!r}; use truncate or sliding")
-    open_corpus(corpus)  # a missing corpus fails before the model is loaded
-    return PerplexityOptions(
-        corpus=corpus,
-        lengths=lengths,
-        max_docs=max_docs,
-        skip_docs=skip_docs,
-        mode=mode,
-        stride=parse_length(stride, "--stride") if stride is not None else None,
-        chunk_tokens=chunk_tokens,
-    )
+        if not isinstance(TASKS.get(name), Task):  # a plugin's bare function has no options to read
+            runnable = [entry.name for entry in TASKS if isinstance(TASKS.get(entry.name), Task)]
+            raise RopextError(f"`eval run` runs {', '.join(runnable)}; run task {name!r} with its own command")
+    return [TASKS.get(name) for name in names]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ropext.commands.common import Scaled, evaluate_one
 from ropext.commands.options import (
     DeviceOption,
     DtypeOption,
@@ -16,7 +17,6 @@ from ropext.commands.options import (
     ModelOption,
     ParamOption,
     TargetOption,
-    ruler_options,
 )
 
 
@@ -94,42 +94,18 @@ def eval_ruler(
     ] = None,
 ) -> None:
     """RULER scores per task and length, and their average (greedy decoding)."""
-    from ropext.cli import _choose, _length_option, _lengths, _prepare, _print_table, _run_task
-    from ropext.evaluate.ruler.run import refuse_other_prompts, resolve_chat_template
-    from ropext.paths import check_output_file
-
-    # Bad input fails here, before the model is loaded.
-    check_output_file(json_out, "--json")
-    refuse_other_prompts(json_out)
-    chosen = _choose(model, factors, method, target_length, param)
-    options = ruler_options(
-        _lengths(lengths, max_len, chosen),
-        tasks,
-        samples,
-        seed,
-        haystack_corpus,
-        qa_data,
-        batch_size,
-        max_new_tokens,
-        chat_template,
+    evaluate_one(
+        "ruler",
+        Scaled(model, factors, method, target_length, param, device, dtype),
+        lengths,
+        max_len,
+        json_out,
+        ruler_tasks=tasks,
+        samples=samples,
+        seed=seed,
+        haystack_corpus=haystack_corpus,
+        qa_data=qa_data,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        chat_template=chat_template,
     )
-    lengths_given = {_length_option(max_len): options.lengths}
-    prepared = _prepare(model, factors, method, target_length, param, device, dtype, lengths_given, chosen)
-    options = resolve_chat_template(options, prepared.tokenizer)  # stored as chosen
-    document = _run_task("ruler", prepared, options, json_out)
-    table, columns = _score_table(document)
-    _print_table(table, columns)
-
-
-def _score_table(document: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The document with each length's result flattened to ``{"average", task: score}`` for the table."""
-    from ropext.evaluate.ruler.tasks import ALL_TASKS
-
-    present = {task for result in document["results"].values() for task in result.get("tasks", {})}
-    columns = ("average", *(task for task in ALL_TASKS if task in present))
-    rows = {
-        length: {"average": result.get("average")}
-        | {task: entry.get("score") for task, entry in result.get("tasks", {}).items()}
-        for length, result in document["results"].items()
-    }
-    return {**document, "results": rows}, columns

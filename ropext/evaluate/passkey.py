@@ -12,6 +12,7 @@ import torch
 from ropext.data.tokenized import encode
 from ropext.errors import RopextError
 from ropext.evaluate.progress import Tracker
+from ropext.evaluate.task import Task
 from ropext.lengths import format_length
 from ropext.model.prepared import PreparedModel
 
@@ -115,3 +116,27 @@ def evaluate_passkey(
         results[str(length)] = result
         tracker.finished(str(length), result)
     return {str(length): results[str(length)] for length in options.lengths}
+
+
+def options_from_command_line(
+    lengths: tuple[int, ...], *, depths: str = "0,0.25,0.5,0.75,1", trials: int = 5, seed: int = 0, **_other_tasks: Any
+) -> PasskeyOptions:
+    """PasskeyOptions from command-line values; bad depths or trials fail before any model loads."""
+    try:
+        depth_values = tuple(float(d) for d in depths.split(",") if d.strip())
+    except ValueError:
+        raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
+    if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
+        raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
+    if trials < 1:
+        raise RopextError(f"--trials must be at least 1, got {trials}")
+    return PasskeyOptions(lengths=lengths, depths=depth_values, trials=trials, seed=seed)
+
+
+TASK = Task(
+    name="passkey",
+    run=evaluate_passkey,
+    options=options_from_command_line,
+    columns=("accuracy", "depths"),
+    unit="prompt",
+)

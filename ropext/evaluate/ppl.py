@@ -24,7 +24,8 @@ from ropext.data.tokenized import TokenizedCorpus, tokenize_corpus
 from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
 from ropext.evaluate.progress import Tracker
-from ropext.lengths import format_length
+from ropext.evaluate.task import Task
+from ropext.lengths import format_length, parse_length
 from ropext.model.prepared import PreparedModel
 
 
@@ -55,9 +56,18 @@ class Window:
     """Index within the window of the first hidden state whose next token is scored."""
 
 
+MODES = ("truncate", "sliding")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of `MODES`; else the error that names them."""
+    if mode not in MODES:
+        raise RopextError(f"unknown --mode {mode!r}; use {' or '.join(MODES)}")
+    return mode
+
+
 def select_documents(corpus: TokenizedCorpus, options: PerplexityOptions) -> list[int]:
-    if options.mode not in ("truncate", "sliding"):
-        raise RopextError(f"unknown --mode {options.mode!r}; use truncate or sliding")
+    check_mode(options.mode)
     if options.skip_docs < 0:
         raise RopextError(f"--skip-docs must be 0 or more, got {options.skip_docs}")
     if options.max_docs < 1:
@@ -190,3 +200,39 @@ def evaluate_perplexity(
         results[str(length)] = result.to_dict() | identity
         tracker.finished(str(length), results[str(length)])
     return {str(length): results[str(length)] for length in options.lengths}
+
+
+def options_from_command_line(
+    lengths: tuple[int, ...],
+    *,
+    corpus: str | None = None,
+    max_docs: int = 10,
+    skip_docs: int = 0,
+    mode: str = "truncate",
+    stride: str | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    **_other_tasks: Any,
+) -> PerplexityOptions:
+    """PerplexityOptions from command-line values; a bad mode or a missing corpus fails before any model loads."""
+    if corpus is None:
+        raise RopextError("task ppl needs --corpus (the long documents to score)")
+    check_mode(mode)
+    open_corpus(corpus)  # a missing corpus fails before the model is loaded
+    return PerplexityOptions(
+        corpus=corpus,
+        lengths=lengths,
+        max_docs=max_docs,
+        skip_docs=skip_docs,
+        mode=mode,
+        stride=parse_length(stride, "--stride") if stride is not None else None,
+        chunk_tokens=chunk_tokens,
+    )
+
+
+TASK = Task(
+    name="ppl",
+    run=evaluate_perplexity,
+    options=options_from_command_line,
+    columns=("ppl", "tokens", "docs", "seconds_per_window", "peak_memory_gb"),
+    unit="window",
+)

@@ -5,14 +5,23 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ropext.errors import RopextError
+
 SDPA_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math", "default")
+
+
+def check_sdpa_backend(name: str) -> str:
+    """``name`` if it is one of `SDPA_BACKENDS`; else the error naming them (the option is --sdpa-backend in
+    every command that has it)."""
+    if name not in SDPA_BACKENDS:
+        raise RopextError(f"unknown --sdpa-backend {name!r}; use one of {', '.join(SDPA_BACKENDS)}")
+    return name
 
 
 def sdpa_context(name: str, device: str) -> Any:
     """A context that restricts SDPA to the named backend(s): ``auto`` is cuDNN, then flash, then the rest (on
     CUDA); ``default`` is PyTorch's own choice. A no-op off CUDA."""
-    if name not in SDPA_BACKENDS:
-        raise ValueError(f"unknown SDPA backend {name!r}; use one of {', '.join(SDPA_BACKENDS)}")
+    check_sdpa_backend(name)
     if name == "default" or not str(device).startswith("cuda"):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel

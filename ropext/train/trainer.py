@@ -36,7 +36,7 @@ from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import ModelSource
-from ropext.model.sdpa import SDPA_BACKENDS, sdpa_context
+from ropext.model.sdpa import check_sdpa_backend, sdpa_context
 from ropext.permissions import follow_umask
 from ropext.progress import ProgressDisplay
 from ropext.scaling import RopeScaling, write_text_atomic
@@ -165,8 +165,7 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         grad_accum=request.grad_accum,
     )
     _check_attention(request.attn)
-    if request.sdpa_backend not in SDPA_BACKENDS:
-        raise RopextError(f"unknown --sdpa-backend {request.sdpa_backend!r}; use one of {', '.join(SDPA_BACKENDS)}")
+    check_sdpa_backend(request.sdpa_backend)
     if request.init not in INITIALISATIONS:
         raise RopextError(f"unknown --init {request.init!r}; use one of {', '.join(INITIALISATIONS)}")
     if not request.factors.is_file():

@@ -25,6 +25,7 @@ from ropext.evaluate.ruler.prompts import Prompt, build_prompt, special_prefix
 from ropext.evaluate.ruler.scoring import score
 from ropext.evaluate.ruler.tasks import (
     ALL_TASKS,
+    NOISE_HAYSTACK,
     QA_UNAVAILABLE,
     RULER_PROMPTS,
     SPECS,
@@ -37,6 +38,7 @@ from ropext.evaluate.ruler.tasks import (
     noise_haystack,
     parse_tasks,
 )
+from ropext.evaluate.task import Task
 from ropext.lengths import format_length
 from ropext.model.prepared import PreparedModel
 
@@ -304,3 +306,60 @@ def sample_prompts(
         prompt = build_prompt(tokenizer, sample, length, prompting.prefix, hint, new_tokens)
         hint = prompt.units
         yield index, sample, prompt
+
+
+def options_from_command_line(
+    lengths: tuple[int, ...],
+    *,
+    ruler_tasks: str = "all",
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    haystack_corpus: str | None = None,
+    qa_data: Sequence[Path] | None = None,
+    batch_size: int = 1,
+    max_new_tokens: int | None = None,
+    chat_template: bool | None = None,
+    **_other_tasks: Any,
+) -> RulerOptions:
+    """RulerOptions from command-line values; unreadable QA files or corpora fail before any model loads.
+    ``chat_template`` None: decided by the tokenizer once the model is loaded (`resolve_chat_template`)."""
+    from ropext.data.corpus import open_corpus
+
+    options = RulerOptions(
+        lengths=lengths,
+        samples=samples,
+        seed=seed,
+        haystack_corpus=haystack_corpus,
+        max_new_tokens=max_new_tokens,
+        chat_template=chat_template,
+        tasks=ruler_tasks,
+        qa_data=tuple(str(path) for path in qa_data or ()),
+        batch_size=batch_size,
+    )
+    load_qa_data(options.qa_data)
+    if haystack_corpus not in (None, NOISE_HAYSTACK):
+        open_corpus(haystack_corpus)
+    return options
+
+
+def score_rows(document: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The document with each length's result flattened to ``{"average", task: score}`` for the table."""
+    present = {task for result in document["results"].values() for task in result.get("tasks", {})}
+    columns = ("average", *(task for task in ALL_TASKS if task in present))
+    rows = {
+        length: {"average": result.get("average")}
+        | {task: entry.get("score") for task, entry in result.get("tasks", {}).items()}
+        for length, result in document["results"].items()
+    }
+    return {**document, "results": rows}, columns
+
+
+TASK = Task(
+    name="ruler",
+    run=evaluate_ruler,
+    options=options_from_command_line,
+    rows=score_rows,
+    unit="prompt",
+    check_result_file=refuse_other_prompts,
+    settle=resolve_chat_template,
+)
