@@ -25,6 +25,22 @@ from ropext.commands.options import (
     ParamOption,
     TargetOption,
 )
+from ropext.commands.task_options import (
+    RunBatchSizeOption,
+    RunChatTemplateOption,
+    RunChunkTokensOption,
+    RunCorpusOption,
+    RunDepthsOption,
+    RunHaystackCorpusOption,
+    RunMaxDocsOption,
+    RunMaxNewTokensOption,
+    RunModeOption,
+    RunQaDataOption,
+    RunSamplesOption,
+    RunSkipDocsOption,
+    RunStrideOption,
+    RunTrialsOption,
+)
 from ropext.errors import RopextError
 
 
@@ -44,45 +60,24 @@ def eval_run(
         str | None, typer.Option(help="passkey: lengths instead of --lengths/--max-len.")
     ] = None,
     ruler_lengths: Annotated[str | None, typer.Option(help="ruler: lengths instead of --lengths/--max-len.")] = None,
-    corpus: Annotated[
-        str | None, typer.Option(help="ppl: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.")
-    ] = None,
-    max_docs: Annotated[int, typer.Option(min=1, help="ppl: at most this many documents.")] = 10,
-    skip_docs: Annotated[int, typer.Option(min=0, help="ppl: skip this many long-enough documents first.")] = 0,
-    mode: Annotated[str, typer.Option(help="ppl: truncate (first L tokens per document) or sliding.")] = "truncate",
-    stride: Annotated[
-        str | None, typer.Option(help="ppl, sliding mode: tokens between windows, e.g. 4k (default L/2).")
-    ] = None,
-    chunk_tokens: Annotated[int, typer.Option(min=1, help="ppl: positions per chunk of the loss.")] = 4096,
-    depths: Annotated[str, typer.Option(help="passkey: comma-separated depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
-    trials: Annotated[int, typer.Option(min=1, help="passkey: prompts per length and depth.")] = 5,
+    corpus: RunCorpusOption = None,
+    max_docs: RunMaxDocsOption = 10,
+    skip_docs: RunSkipDocsOption = 0,
+    mode: RunModeOption = "truncate",
+    stride: RunStrideOption = None,
+    chunk_tokens: RunChunkTokensOption = 4096,
+    depths: RunDepthsOption = "0,0.25,0.5,0.75,1",
+    trials: RunTrialsOption = 5,
     seed: Annotated[int, typer.Option(help="passkey and ruler: seed of the keys and samples.")] = 0,
     ruler_tasks: Annotated[
         str, typer.Option(help="ruler: comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")
     ] = "all",
-    samples: Annotated[int, typer.Option(min=1, help="ruler: prompts per task and length.")] = 20,
-    haystack_corpus: Annotated[
-        str | None,
-        typer.Option(
-            help="ruler: essay text for the essay-haystack NIAH tasks, as --corpus, or noise (default: shipped prose)."
-        ),
-    ] = None,
-    qa_data: Annotated[
-        list[Path] | None, typer.Option(help="ruler: SQuAD-style and/or HotpotQA-style JSON (repeatable).")
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="ruler: prompts generated together (all of one length, so none is padded).")
-    ] = 1,
-    max_new_tokens: Annotated[
-        int | None, typer.Option(min=1, help="ruler: tokens generated per answer (default: RULER's per task).")
-    ] = None,
-    chat_template: Annotated[
-        bool | None,
-        typer.Option(
-            "--chat-template/--no-chat-template",
-            help="ruler: wrap prompts in the tokenizer's chat template (default: when it has one).",
-        ),
-    ] = None,
+    samples: RunSamplesOption = 20,
+    haystack_corpus: RunHaystackCorpusOption = None,
+    qa_data: RunQaDataOption = None,
+    batch_size: RunBatchSizeOption = 1,
+    max_new_tokens: RunMaxNewTokensOption = None,
+    chat_template: RunChatTemplateOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_dir: Annotated[

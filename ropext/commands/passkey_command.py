@@ -18,6 +18,7 @@ from ropext.commands.options import (
     ParamOption,
     TargetOption,
 )
+from ropext.commands.task_options import DepthsOption, TrialsOption
 
 
 def eval_passkey(
@@ -28,8 +29,8 @@ def eval_passkey(
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
-    depths: Annotated[str, typer.Option(help="Comma-separated depths in [0, 1].")] = "0,0.25,0.5,0.75,1",
-    trials: Annotated[int, typer.Option(min=1, help="Prompts per length and depth.")] = 5,
+    depths: DepthsOption = "0,0.25,0.5,0.75,1",
+    trials: TrialsOption = 5,
     seed: Annotated[int, typer.Option(help="Seed of the keys.")] = 0,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",

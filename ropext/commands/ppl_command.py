@@ -18,26 +18,30 @@ from ropext.commands.options import (
     ParamOption,
     TargetOption,
 )
+from ropext.commands.task_options import (
+    ChunkTokensOption,
+    CorpusOption,
+    MaxDocsOption,
+    ModeOption,
+    SkipDocsOption,
+    StrideOption,
+)
 
 
 def eval_ppl(
     model: ModelOption,
-    corpus: Annotated[
-        str, typer.Option(help="Files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.")
-    ],
+    corpus: CorpusOption,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated window lengths, e.g. 8k,16k,32k.")] = None,
     max_len: MaxLenOption = None,
     factors: FactorsOption = None,
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
-    max_docs: Annotated[int, typer.Option(min=1, help="At most this many documents.")] = 10,
-    skip_docs: Annotated[int, typer.Option(min=0, help="Skip this many long-enough documents first.")] = 0,
-    mode: Annotated[str, typer.Option(help="truncate (first L tokens per document) or sliding.")] = "truncate",
-    stride: Annotated[
-        str | None, typer.Option(help="Sliding mode: tokens between windows, e.g. 4k (default L/2).")
-    ] = None,
-    chunk_tokens: Annotated[int, typer.Option(min=1, help="Positions per chunk of the loss.")] = 4096,
+    max_docs: MaxDocsOption = 10,
+    skip_docs: SkipDocsOption = 0,
+    mode: ModeOption = "truncate",
+    stride: StrideOption = None,
+    chunk_tokens: ChunkTokensOption = 4096,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_out: JsonOption = None,

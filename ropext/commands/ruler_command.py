@@ -18,6 +18,14 @@ from ropext.commands.options import (
     ParamOption,
     TargetOption,
 )
+from ropext.commands.task_options import (
+    BatchSizeOption,
+    ChatTemplateOption,
+    HaystackCorpusOption,
+    MaxNewTokensOption,
+    QaDataOption,
+    SamplesOption,
+)
 
 
 def ruler_task_table() -> Any:
@@ -60,33 +68,13 @@ def eval_ruler(
     method: MethodOption = None,
     target_length: TargetOption = None,
     param: ParamOption = None,
-    samples: Annotated[int, typer.Option(min=1, help="Prompts per task and length.")] = 20,
+    samples: SamplesOption = 20,
     seed: Annotated[int, typer.Option(help="Seed of the samples: the same seed gives the same prompts.")] = 0,
-    haystack_corpus: Annotated[
-        str | None,
-        typer.Option(
-            help="Essay text for the essay-haystack NIAH tasks, as --corpus, or noise (default: prose shipped "
-            "with ropext)."
-        ),
-    ] = None,
-    qa_data: Annotated[
-        list[Path] | None,
-        typer.Option(help="SQuAD-style JSON (enables qa_1) and/or HotpotQA-style JSON (qa_2); repeatable."),
-    ] = None,
-    batch_size: Annotated[
-        int, typer.Option(min=1, help="Prompts generated together (all of one length, so none is padded).")
-    ] = 1,
-    max_new_tokens: Annotated[
-        int | None,
-        typer.Option(min=1, help="Tokens generated per answer for every task (default: RULER's per task)."),
-    ] = None,
-    chat_template: Annotated[
-        bool | None,
-        typer.Option(
-            "--chat-template/--no-chat-template",
-            help="Wrap prompts in the tokenizer's chat template, as RULER does (default: when it has one).",
-        ),
-    ] = None,
+    haystack_corpus: HaystackCorpusOption = None,
+    qa_data: QaDataOption = None,
+    batch_size: BatchSizeOption = 1,
+    max_new_tokens: MaxNewTokensOption = None,
+    chat_template: ChatTemplateOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = "auto",
     json_out: Annotated[
