@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Annotated
 
@@ -90,7 +91,7 @@ def _command_line_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
         ("click.exceptions", "ClickException", "Abort"),
     ):
         try:
-            exceptions = __import__(module, fromlist=["_"])
+            exceptions = importlib.import_module(module)
         except ImportError:
             continue
         for name, found in ((usage_name, usage), (abort_name, aborts)):

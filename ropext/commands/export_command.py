@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ropext.commands.common import console
 from ropext.commands.options import ModelOption
 
 
@@ -31,7 +32,7 @@ def export(
 
     device = check_device(device)
     scaling = RopeScaling.load(factors)
-    with _console().status(f"exporting {model}"):
+    with console().status(f"exporting {model}"):
         folder = export_model(model, scaling, out, dtype=dtype, force=force, device=device)
     config = json.loads((folder / "config.json").read_text())
     rope, max_positions = _rope_summary(config)
@@ -49,9 +50,3 @@ def _rope_summary(config: dict) -> tuple[dict, object]:
     if "rope_type" not in rope and isinstance(rope.get("full_attention"), dict):
         rope = rope["full_attention"]
     return rope, holder.get("max_position_embeddings", "?")
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)

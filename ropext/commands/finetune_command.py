@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ropext.commands.common import console
 from ropext.commands.options import ModelOption
 from ropext.commands.rerun import command_line
 from ropext.errors import RopextError
@@ -115,16 +116,16 @@ def finetune(
         raise RopextError(f"--gpus must be at least 1, got {gpus}")
     if world is None and gpus is not None and gpus > 1:
         launcher = _find_launcher(gpus)
-        with _console().status("checking the inputs"):
+        with console().status("checking the inputs"):
             plan_finetune(request, world_size=gpus)  # bad input fails here, once, not in every process
         sys.exit(_relaunch(launcher, gpus))
 
-    console = _console()
+    shown = console()
     is_main = world is None or world.is_main
     try:
-        with console.status(f"preparing {model} and {corpus}") if is_main else nullcontext():
+        with shown.status(f"preparing {model} and {corpus}") if is_main else nullcontext():
             plan = plan_finetune(request, world_size=world.size if world is not None else 1)
-        result = run_finetune(plan, world, console)
+        result = run_finetune(plan, world, shown)
     except _out_of_memory() as err:
         raise RopextError(
             f"out of GPU memory ({str(err).splitlines()[0][:120]}); use a shorter --train-length, a smaller "
@@ -244,12 +245,6 @@ def _training_processes(launcher_pid: int) -> list[Any]:
         if any(a == "-m" and b == "ropext" for a, b in pairwise(line)):
             found.append(child)
     return found
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def _accept_launcher_rank(local_rank: LauncherRankOption = None) -> None:
