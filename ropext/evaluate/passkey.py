@@ -38,6 +38,10 @@ class PasskeyOptions:
     """Seeds the keys; the same seed gives the same prompts."""
     max_new_tokens: int = 8
 
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise RopextError(f"--trials must be at least 1, got {self.trials}")
+
 
 @dataclass(frozen=True)
 class PasskeyPrompt:
@@ -74,8 +78,6 @@ def evaluate_passkey(
 ) -> dict[str, dict[str, Any]]:
     """Greedy-decode the answer for every (length, depth, trial); accuracy per length and per depth."""
     done = done or {}
-    if options.trials < 1:
-        raise RopextError(f"--trials must be at least 1, got {options.trials}")
     todo = [length for length in options.lengths if str(length) not in done]
     tracker.begin(f"passkey {prepared.label}", len(todo) * len(options.depths) * options.trials)
     results = dict(done)
@@ -128,8 +130,6 @@ def options_from_command_line(
         raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
     if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
         raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
-    if trials < 1:
-        raise RopextError(f"--trials must be at least 1, got {trials}")
     return PasskeyOptions(lengths=lengths, depths=depth_values, trials=trials, seed=seed)
 
 
