@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ropext.model.layout import RotaryLayout
 
 SCHEMA_VERSION = 1
-DYNAMIC_METHOD = "dynamic"
 FACTOR_RANGE = (1e-3, 1e6)
 """Bounds of every λ_i (docs/decisions.md). Far outside them the scaled wavelengths leave float32's useful
 range (1e-300 divides the frequencies into inf and perplexity into NaN; 1e308 rounds a wavelength to
@@ -46,7 +45,7 @@ class RopeScaling:
 
     method: str
     """Registry name of the method or searcher that produced it (a label; it changes behaviour only
-    for ``dynamic``, whose frequencies depend on the input length)."""
+    for a method whose registry entry says it is dynamic: its frequencies depend on the input length)."""
     rope_theta: float
     """Base θ of the model's RoPE."""
     rotary_dim: int
@@ -86,7 +85,15 @@ class RopeScaling:
 
     @property
     def is_dynamic(self) -> bool:
-        return self.method == DYNAMIC_METHOD
+        """Whether the registry entry of ``method`` says its frequencies follow the input length."""
+        return self._runtime_factors() is not None
+
+    def _runtime_factors(self) -> Any:
+        # The registry module imports no method module (they import this one), so asking it is no circle.
+        from ropext.methods import method_of
+
+        method = method_of(self.method)
+        return None if method is None else method.runtime_factors
 
     @property
     def is_identity(self) -> bool:
@@ -100,11 +107,10 @@ class RopeScaling:
 
     def factors_for(self, seq_len: int | None = None) -> tuple[float, ...]:
         """The λ vector used for an input of ``seq_len`` tokens (None: the target length)."""
-        if self.is_dynamic:
-            from ropext.methods.dynamic import dynamic_factors
-
+        runtime_factors = self._runtime_factors()
+        if runtime_factors is not None:
             length = self.max_position_embeddings if seq_len is None else seq_len
-            return dynamic_factors(self.rotary_dim, self.original_max_position_embeddings, self.scale, length)
+            return runtime_factors(self.rotary_dim, self.original_max_position_embeddings, self.scale, length)
         if self.short_factors is not None and seq_len is not None and seq_len <= self.original_max_position_embeddings:
             return self.short_factors
         return self.factors

@@ -1,7 +1,18 @@
-"""Closed-form scaling methods, registered by name (``ropext ls`` lists them)."""
+"""Closed-form scaling methods, registered by name (``ropext ls`` lists them).
 
-from ropext.methods.base import Method
+Each entry's `Method` carries its facts (native transformers form, attention default, whether it is
+dynamic). This module imports no method module, so `ropext.scaling` can ask it about a scaling's method
+without an import circle; entries load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from ropext.registry import Registry
+
+if TYPE_CHECKING:
+    from ropext.methods.base import Method
 
 METHODS: Registry[Method] = Registry("method")
 METHODS.register("none", "ropext.methods.simple:NONE", "original RoPE, no scaling (the baseline)")
@@ -14,4 +25,10 @@ METHODS.register("yarn", "ropext.methods.yarn:YARN", "YaRN: ramp from kept to in
 METHODS.register("llama3", "ropext.methods.llama3:LLAMA3", "Llama 3.1 wavelength bands with a smooth blend")
 METHODS.register("dprope", "ropext.methods.dprope:DPROPE", "DPRoPE: per pair, the choice that least disturbs angles")
 
-__all__ = ["METHODS", "Method"]
+
+def method_of(name: str) -> Method | None:
+    """The registered method a scaling's ``method`` label names, or None (a searcher's name, a hand label)."""
+    return METHODS.get(name) if name in METHODS else None
+
+
+__all__ = ["METHODS", "method_of"]

@@ -10,18 +10,41 @@ from dataclasses import dataclass
 from typing import Any
 
 from ropext.errors import RopextError
+from ropext.methods.attention import no_attention
 from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling
+
+NativeForm = Callable[[RopeScaling], dict[str, Any] | None]
+"""Builds transformers' own rope dict (``rope_type`` and its keys, without ``rope_theta``) for a scaling
+the method made, from the scaling and its recorded parameters; None where that scaling has none."""
+RuntimeFactors = Callable[[int, int, float, int], tuple[float, ...]]
+"""``(rotary_dim, original_length, scale, seq_len) -> λ``: the vector of a method whose frequencies follow
+the input length."""
 
 
 @dataclass(frozen=True)
 class Method:
-    """A closed-form scaling: ``build(layout, target_length, params) -> RopeScaling``."""
+    """A closed-form scaling: ``build(layout, target_length, params) -> RopeScaling``, and every fact
+    the rest of ropext needs about it (as transformers' ``ROPE_INIT_FUNCTIONS`` entries carry theirs), so
+    a plugin method is exported, applied and evaluated exactly like a built-in one."""
 
     name: str
     params: type
     """Dataclass of the method's parameters; its field docstrings document ``--param`` keys."""
     build: Callable[[RotaryLayout, int, Any], RopeScaling]
+    native: NativeForm | None = None
+    """Its native transformers form, or None: ropext then writes the exact vector as ``longrope``. A
+    static form is used only where transformers computes the scaling's frequencies with it
+    (`ropext.model.rope_config` checks); a dynamic method needs one, as no vector can stand for it."""
+    attention_default: Callable[[float, int], float] = no_attention
+    """``(scale, original_length) -> attention factor`` used when its parameters set none."""
+    runtime_factors: RuntimeFactors | None = None
+    """For a method whose frequencies follow the input length (dynamic NTK): its λ for a given length."""
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the frequencies depend on the input length (the stored factors hold the target's)."""
+        return self.runtime_factors is not None
 
     def __call__(self, layout: RotaryLayout, target_length: int, **params: Any) -> RopeScaling:
         return self.run(layout, target_length, self.params(**params))
@@ -102,6 +125,13 @@ def scaling_from_factors(
         factors=tuple(factors),
         attention_factor=attention_factor,
     )
+
+
+def recorded(scaling: RopeScaling, key: str, default: Any) -> Any:
+    """A parameter as the method recorded it in the scaling's provenance (``default`` when absent or None)."""
+    given = scaling.provenance.get("params")
+    value = given.get(key) if isinstance(given, dict) else None
+    return default if value is None else value
 
 
 def pair_exponents(rotary_dim: int) -> list[float]:

@@ -8,10 +8,11 @@ its stored ``factors`` are the ones used for an input of exactly the target leng
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ropext.methods.base import Method, pair_exponents, scaling_from_factors
 from ropext.model.layout import RotaryLayout
-from ropext.scaling import DYNAMIC_METHOD, RopeScaling
+from ropext.scaling import RopeScaling
 
 
 def dynamic_factors(rotary_dim: int, original_length: int, scale: float, seq_len: int) -> tuple[float, ...]:
@@ -29,7 +30,11 @@ class DynamicParams:
 def _dynamic(layout: RotaryLayout, target_length: int, params: DynamicParams) -> RopeScaling:
     s = target_length / layout.original_max_position_embeddings
     factors = dynamic_factors(layout.rotary_dim, layout.original_max_position_embeddings, s, target_length)
-    return scaling_from_factors(layout, target_length, DYNAMIC_METHOD, factors)
+    return scaling_from_factors(layout, target_length, "dynamic", factors)
 
 
-DYNAMIC = Method(DYNAMIC_METHOD, DynamicParams, _dynamic)
+def _dynamic_native(scaling: RopeScaling) -> dict[str, Any]:
+    return {"rope_type": "dynamic", "factor": scaling.scale}
+
+
+DYNAMIC = Method("dynamic", DynamicParams, _dynamic, native=_dynamic_native, runtime_factors=dynamic_factors)

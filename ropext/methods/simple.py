@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ropext.methods.base import Method, pair_exponents, scaling_from_factors
 from ropext.model.layout import RotaryLayout
@@ -35,7 +36,11 @@ def _pi(layout: RotaryLayout, target_length: int, params: LinearParams) -> RopeS
     return scaling_from_factors(layout, target_length, "pi", [s] * layout.pairs)
 
 
-PI = Method("pi", LinearParams, _pi)
+def _pi_native(scaling: RopeScaling) -> dict[str, Any]:
+    return {"rope_type": "linear", "factor": float(scaling.factors[0])}
+
+
+PI = Method("pi", LinearParams, _pi, native=_pi_native)
 
 
 @dataclass(frozen=True)

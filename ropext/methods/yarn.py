@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ropext.errors import RopextError
-from ropext.methods.base import Method, scaling_from_factors
+from ropext.methods.attention import yarn_attention
+from ropext.methods.base import Method, recorded, scaling_from_factors
 from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling
 
@@ -27,10 +29,6 @@ class YarnParams:
     """DeepSeek-style denominator coefficient of the attention factor."""
     truncate: bool = True
     """Round the ramp's ends to whole pairs (floor/ceil), as the original code does."""
-
-
-def _mscale(scale: float, coefficient: float = 1.0) -> float:
-    return 1.0 if scale <= 1 else 0.1 * coefficient * math.log(scale) + 1.0
 
 
 def yarn_ramp_bounds(rotary_dim: int, base: float, original_length: int, params: YarnParams) -> tuple[float, float]:
@@ -59,10 +57,22 @@ def _yarn(layout: RotaryLayout, target_length: int, params: YarnParams) -> RopeS
     if params.attention_factor is not None:
         attention = params.attention_factor
     elif params.mscale and params.mscale_all_dim:
-        attention = _mscale(s, params.mscale) / _mscale(s, params.mscale_all_dim)
+        attention = yarn_attention(s, coefficient=params.mscale) / yarn_attention(s, coefficient=params.mscale_all_dim)
     else:
-        attention = _mscale(s)
+        attention = YARN.attention_default(s, layout.original_max_position_embeddings)
     return scaling_from_factors(layout, target_length, "yarn", factors, attention_factor=attention)
 
 
-YARN = Method("yarn", YarnParams, _yarn)
+def _yarn_native(scaling: RopeScaling) -> dict[str, Any]:
+    return {
+        "rope_type": "yarn",
+        "factor": float(recorded(scaling, "factor", scaling.scale)),
+        "original_max_position_embeddings": scaling.original_max_position_embeddings,
+        "beta_fast": float(recorded(scaling, "beta_fast", 32.0)),
+        "beta_slow": float(recorded(scaling, "beta_slow", 1.0)),
+        "attention_factor": float(scaling.attention_factor),
+        "truncate": bool(recorded(scaling, "truncate", True)),
+    }
+
+
+YARN = Method("yarn", YarnParams, _yarn, native=_yarn_native, attention_default=yarn_attention)

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ropext.model.apply import _build_rotary, configure, rotary_modules
 from ropext.model.layout import rope_dict, text_config
+from ropext.model.rope_config import write_scaling
+from ropext.model.rotary import build_rotary, rotary_modules
 from ropext.scaling import RopeScaling
 
 
@@ -23,9 +24,9 @@ class BatchedRotary(nn.Module):
     def __init__(self, template: nn.Module, unscaled: RopeScaling, layer_type: str | None) -> None:
         super().__init__()
         config = copy.deepcopy(template.config)
-        configure(config, unscaled)
+        write_scaling(config, unscaled)
         device = next(template.buffers()).device
-        self.inner = _build_rotary(type(template), config, device)
+        self.inner = build_rotary(type(template), config, device)
         self.layer_type = layer_type
         prefix = f"{layer_type}_" if layer_type else ""
         self._freq_name = f"{prefix}inv_freq"

@@ -214,8 +214,9 @@ def test_sigint_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(runs:
 def test_saved_folder_reloads_with_the_same_frequencies_and_logits(runs: Runs, inputs: Inputs) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ropext.model.apply import configure, rotary_modules, verify_scaling
+    from ropext.model.apply import rotary_modules, verify_scaling
     from ropext.model.prepared import prepare_model
+    from ropext.model.rope_config import write_scaling as configure
 
     out = runs.out
     scaling = RopeScaling.load(out / "rope_scaling.yaml")

@@ -27,12 +27,13 @@ from transformers import (
 )
 
 from ropext.errors import RopextError
-from ropext.export import YAML_NAME, export_model, native_rope_parameters
+from ropext.export import YAML_NAME, export_model
 from ropext.methods import METHODS
 from ropext.methods.base import scaling_from_factors
 from ropext.model.apply import apply_scaling
 from ropext.model.layout import RotaryLayout, read_layout
 from ropext.model.loading import load_model, resolve
+from ropext.model.rope_config import native_rope_parameters
 from ropext.scaling import RopeScaling
 
 ORIGINAL = 64

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from ropext.errors import RopextError
-from ropext.methods import METHODS, Method
+from ropext.methods import METHODS
+from ropext.methods.base import Method
 from ropext.registry import Registry
 
 
