@@ -52,10 +52,12 @@ class SearchRequest:
 
 
 def attention_factor(spec: str, scale: float, original: int) -> float:
+    from ropext.methods.attention import longrope_attention, yarn_attention
+
     if spec == "yarn":
-        return 1.0 if scale <= 1 else 0.1 * math.log(scale) + 1.0
+        return yarn_attention(scale, original)
     if spec == "longrope":
-        return 1.0 if scale <= 1 else math.sqrt(1 + math.log(scale) / math.log(original))
+        return longrope_attention(scale, original)
     if spec == "none":
         return 1.0
     try:

@@ -207,6 +207,11 @@ def test_attention_formulas() -> None:
     assert yarn_attention(1.0) == longrope_attention(1.0, 4096) == 1.0
     assert yarn_attention(16.0, coefficient=0.5) == pytest.approx(0.05 * math.log(16.0) + 1.0)
     assert longrope_attention(8.0, 4096) == pytest.approx(math.sqrt(1 + math.log(8) / math.log(4096)))
+    # `--attention-factor yarn|longrope` of the search resolves to the same formulas.
+    from ropext.search.run import attention_factor
+
+    assert attention_factor("yarn", 8.0, 4096) == yarn_attention(8.0) == 0.1 * math.log(8.0) + 1.0
+    assert attention_factor("longrope", 8.0, 4096) == longrope_attention(8.0, 4096)
 
 
 def test_a_searched_vector_labelled_like_a_method_but_edited_is_longrope() -> None:
