@@ -71,11 +71,9 @@ class Registry(Generic[T]):
         return self._entries[self.canonical(name)]
 
     def __contains__(self, name: str) -> bool:
-        try:
-            self.canonical(name)
-        except RopextError:
-            return False
-        return True
+        # Asked for every scaling a search builds (is its label a dynamic method?): no suggestions computed.
+        key = name.strip().lower()
+        return key in self._entries or key in self._alias_of
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
