@@ -134,6 +134,20 @@ def recorded(scaling: RopeScaling, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def recorded_form(scaling: RopeScaling, rope_type: str, defaults: Any, *keys: str) -> dict[str, Any]:
+    """A native form whose ``factor`` and ``keys`` are the parameters the method recorded, each of the
+    type and with the default it has in the params dataclass instance ``defaults``."""
+    form: dict[str, Any] = {
+        "rope_type": rope_type,
+        "factor": float(recorded(scaling, "factor", scaling.scale)),
+        "original_max_position_embeddings": scaling.original_max_position_embeddings,
+    }
+    for key in keys:
+        default = getattr(defaults, key)
+        form[key] = type(default)(recorded(scaling, key, default))
+    return form
+
+
 def pair_exponents(rotary_dim: int) -> list[float]:
     """2i/d for each pair i, in float64 (factors are computed in float64, stored as Python floats)."""
     return [2 * i / rotary_dim for i in range(rotary_dim // 2)]

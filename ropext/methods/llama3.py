@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ropext.methods.base import Method, recorded, scaling_from_factors
+from ropext.methods.base import Method, recorded_form, scaling_from_factors
 from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling, original_inv_freq
 
@@ -41,13 +41,7 @@ def _llama3(layout: RotaryLayout, target_length: int, params: Llama3Params) -> R
 
 
 def _llama3_native(scaling: RopeScaling) -> dict[str, Any]:
-    return {
-        "rope_type": "llama3",
-        "factor": float(recorded(scaling, "factor", scaling.scale)),
-        "original_max_position_embeddings": scaling.original_max_position_embeddings,
-        "low_freq_factor": float(recorded(scaling, "low_freq_factor", 1.0)),
-        "high_freq_factor": float(recorded(scaling, "high_freq_factor", 4.0)),
-    }
+    return recorded_form(scaling, "llama3", Llama3Params(), "low_freq_factor", "high_freq_factor")
 
 
 LLAMA3 = Method("llama3", Llama3Params, _llama3, native=_llama3_native)

@@ -8,7 +8,7 @@ from typing import Any
 
 from ropext.errors import RopextError
 from ropext.methods.attention import yarn_attention
-from ropext.methods.base import Method, recorded, scaling_from_factors
+from ropext.methods.base import Method, recorded_form, scaling_from_factors
 from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling
 
@@ -64,15 +64,8 @@ def _yarn(layout: RotaryLayout, target_length: int, params: YarnParams) -> RopeS
 
 
 def _yarn_native(scaling: RopeScaling) -> dict[str, Any]:
-    return {
-        "rope_type": "yarn",
-        "factor": float(recorded(scaling, "factor", scaling.scale)),
-        "original_max_position_embeddings": scaling.original_max_position_embeddings,
-        "beta_fast": float(recorded(scaling, "beta_fast", 32.0)),
-        "beta_slow": float(recorded(scaling, "beta_slow", 1.0)),
-        "attention_factor": float(scaling.attention_factor),
-        "truncate": bool(recorded(scaling, "truncate", True)),
-    }
+    form = recorded_form(scaling, "yarn", YarnParams(), "beta_fast", "beta_slow", "truncate")
+    return {**form, "attention_factor": float(scaling.attention_factor)}
 
 
 YARN = Method("yarn", YarnParams, _yarn, native=_yarn_native, attention_default=yarn_attention)
