@@ -7,14 +7,13 @@ without an import circle; entries load on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ropext.registry import Registry
 
-if TYPE_CHECKING:
-    from ropext.methods.base import Method
-
-METHODS: Registry[Method] = Registry("method")
+# Entries are `ropext.methods.base.Method`s. Not even a TYPE_CHECKING import of it here: that module imports
+# `ropext.scaling`, which asks this one, so the import would close a circle.
+METHODS: Registry[Any] = Registry("method")
 METHODS.register("none", "ropext.methods.simple:NONE", "original RoPE, no scaling (the baseline)")
 METHODS.register(
     "pi", "ropext.methods.simple:PI", "position interpolation: every pair divided by s", aliases=("linear",)
@@ -26,8 +25,8 @@ METHODS.register("llama3", "ropext.methods.llama3:LLAMA3", "Llama 3.1 wavelength
 METHODS.register("dprope", "ropext.methods.dprope:DPROPE", "DPRoPE: per pair, the choice that least disturbs angles")
 
 
-def method_of(name: str) -> Method | None:
-    """The registered method a scaling's ``method`` label names, or None (a searcher's name, a hand label)."""
+def method_of(name: str) -> Any:
+    """The registered `Method` a scaling's ``method`` label names, or None (a searcher's name, a hand label)."""
     return METHODS.get(name) if name in METHODS else None
 
 

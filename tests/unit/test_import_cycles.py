@@ -10,16 +10,6 @@ import ropext
 
 PACKAGE = Path(ropext.__file__).parent
 
-# Imports that close a circle another part of issue 11 removes. Each is left out of the graph until that part
-# is merged, then deleted here; any other circle, or a new one through these modules, still fails.
-KNOWN_CIRCLE_IMPORTS: set[tuple[str, str]] = {
-    # Part A (ropext/model/rope_config.py) removes it: applying a scaling no longer calls export (apply <-> export).
-    ("ropext.model.apply", "ropext.export"),
-    # Part A (method registry facts) removes it: a method says itself whether it is dynamic (scaling <-> methods).
-    ("ropext.scaling", "ropext.methods.dynamic"),
-}
-
-
 def module_name(path: Path, root: Path = PACKAGE) -> str:
     parts = [root.name, *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -113,10 +103,7 @@ def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
 
 
 def test_ropext_has_no_import_circle() -> None:
-    graph = import_graph()
-    for importer, target in KNOWN_CIRCLE_IMPORTS:
-        graph[importer].discard(target)
-    found = circles(graph)
+    found = circles(import_graph())
     assert not found, "import circles in ropext/: " + "; ".join(" -> ".join(circle) for circle in found)
 
 
