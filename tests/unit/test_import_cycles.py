@@ -10,6 +10,7 @@ import ropext
 
 PACKAGE = Path(ropext.__file__).parent
 
+
 def module_name(path: Path, root: Path = PACKAGE) -> str:
     parts = [root.name, *path.relative_to(root).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
