@@ -78,6 +78,10 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[Entry]:
         return iter(sorted(self._entries.values(), key=lambda e: e.name))
 
+    def names_in_order(self) -> tuple[str, ...]:
+        """Names in registration order: the built-ins as their package registers them, then plugins."""
+        return tuple(self._entries)
+
 
 _plugins_loaded = False
 

@@ -14,6 +14,7 @@ from ropext.registry import Registry
 # Entries are `ropext.methods.base.Method`s. Not even a TYPE_CHECKING import of it here: that module imports
 # `ropext.scaling`, which asks this one, so the import would close a circle.
 METHODS: Registry[Any] = Registry("method")
+# Registration order is also the order of methods in the report's tables and legends.
 METHODS.register("none", "ropext.methods.simple:NONE", "original RoPE, no scaling (the baseline)")
 METHODS.register(
     "pi", "ropext.methods.simple:PI", "position interpolation: every pair divided by s", aliases=("linear",)

@@ -14,8 +14,16 @@ from ropext.lengths import format_length
 from ropext.report.loading import TASK_TITLES
 from ropext.results import ResultDoc
 
-METHOD_ORDER = ("original", "none", "pi", "ntk", "dynamic", "yarn", "dprope", "dcis", "longrope")
-"""Methods in tables and legends: baselines, closed forms, searchers; others after, in order of appearance."""
+
+def method_order() -> tuple[str, ...]:
+    """Methods in tables and legends: the unscaled model, then the closed-form methods and the searchers in
+    the order their registries hold them (built-ins as their package registers them, plugins after). Labels of
+    no registered method come after, in order of appearance."""
+    from ropext.methods import METHODS
+    from ropext.search import SEARCHERS
+
+    return ("original", *METHODS.names_in_order(), *SEARCHERS.names_in_order())
+
 
 SeriesKey = tuple[str, str]
 """(model, ``series_scaling_key``): one series, the same in every section it appears in."""
@@ -108,14 +116,15 @@ def series_order(
     keys: Iterable[SeriesKey], labels: dict[SeriesKey, str], targets: dict[SeriesKey, int], main: str
 ) -> list[SeriesKey]:
     """The main model's series, then other models' in order of appearance. Within a model: methods as in
-    METHOD_ORDER, then others in order of first appearance; a method's variants by target length, then by name."""
+    `method_order`, then others in order of first appearance; a method's variants by target length, then by name."""
     keys = list(dict.fromkeys(keys))
+    known_order = method_order()
     models = [main, *(model for model in dict.fromkeys(model for model, _ in keys) if model != main)]
     methods = list(dict.fromkeys(base_method(labels[key]) for key in keys))
 
     def rank(key: SeriesKey) -> tuple[int, int, int, int, str]:
         base = base_method(labels[key])
-        known = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+        known = known_order.index(base) if base in known_order else len(known_order)
         return models.index(key[0]), known, methods.index(base), targets.get(key, 0), labels[key]
 
     return sorted(keys, key=rank)

@@ -145,3 +145,17 @@ def test_an_interrupted_command_exits_130_with_one_line(monkeypatch: pytest.Monk
     assert capsys.readouterr().err.strip() == (
         "error: interrupted; to continue, rerun the same command: ropext eval ppl --corpus 'my docs'"
     )
+
+
+def test_the_report_orders_methods_as_their_registries_hold_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ropext.methods import METHODS
+    from ropext.report.labels import method_order
+
+    assert method_order() == (
+        "original", "none", "pi", "ntk", "dynamic", "yarn", "llama3", "dprope", "dcis", "longrope"
+    )  # fmt: skip
+    # A plugin method joins after the built-in methods and before the searchers, with no edit in the report.
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    METHODS.register("my-method", "ropext.methods.simple:NONE", "a plugin")
+    order = method_order()
+    assert order.index("my-method") == order.index("dprope") + 1 == order.index("dcis") - 1
