@@ -43,7 +43,7 @@ def training_documents(corpus: TokenizedCorpus, skip_docs: int = 0, skip_length:
 
 
 @dataclass(frozen=True)
-class _EpochLayout:
+class _EpochPacking:
     order: np.ndarray
     """Documents in packing order."""
     ends: np.ndarray
@@ -62,7 +62,7 @@ class PackedWindows:
     separator: int
     """Token put after every document (the tokenizer's eos), so the model sees where documents end."""
     seed: int = 0
-    _layouts: dict[int, _EpochLayout] = field(default_factory=dict, init=False, repr=False)
+    _packings: dict[int, _EpochPacking] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.length < 2:
@@ -80,18 +80,18 @@ class PackedWindows:
         """Full windows per epoch (the stream's tail shorter than a window is left out)."""
         return self.tokens_per_epoch // self.length
 
-    def _layout(self, epoch: int) -> _EpochLayout:
-        layout = self._layouts.get(epoch)
-        if layout is None:
+    def _packing(self, epoch: int) -> _EpochPacking:
+        packing = self._packings.get(epoch)
+        if packing is None:
             rng = np.random.default_rng([self.seed, epoch])
             permutation = rng.permutation(len(self.documents))
             order = self.documents[permutation]
             ends = np.cumsum(self._piece_lengths[permutation])
-            layout = _EpochLayout(order, ends, rng.permutation(self.windows_per_epoch))
+            packing = _EpochPacking(order, ends, rng.permutation(self.windows_per_epoch))
             # Samples are read in order, so at most the current and the next epoch are ever needed.
-            self._layouts = {k: v for k, v in self._layouts.items() if k >= epoch - 1}
-            self._layouts[epoch] = layout
-        return layout
+            self._packings = {k: v for k, v in self._packings.items() if k >= epoch - 1}
+            self._packings[epoch] = packing
+        return packing
 
     def window(self, sample: int) -> np.ndarray:
         """Token ids (int64) of sample ``sample`` of the run."""
@@ -101,20 +101,20 @@ class PackedWindows:
         if per_epoch == 0:
             raise RopextError("the corpus cannot fill a single training window")
         epoch, index = divmod(sample, per_epoch)
-        layout = self._layout(epoch)
-        return self._stream(layout, int(layout.windows[index]) * self.length, self.length)
+        packing = self._packing(epoch)
+        return self._stream(packing, int(packing.windows[index]) * self.length, self.length)
 
     def batch(self, first_sample: int, count: int) -> np.ndarray:
         """Samples ``first_sample .. first_sample + count - 1`` as one [count, length] int64 array."""
         return np.stack([self.window(first_sample + i) for i in range(count)])
 
-    def _stream(self, layout: _EpochLayout, begin: int, size: int) -> np.ndarray:
+    def _stream(self, packing: _EpochPacking, begin: int, size: int) -> np.ndarray:
         out = np.empty(size, dtype=np.int64)
-        piece = int(np.searchsorted(layout.ends, begin, side="right"))
-        offset = begin - (int(layout.ends[piece - 1]) if piece else 0)
+        piece = int(np.searchsorted(packing.ends, begin, side="right"))
+        offset = begin - (int(packing.ends[piece - 1]) if piece else 0)
         filled = 0
         while filled < size:
-            document = self.corpus.document(int(layout.order[piece]))
+            document = self.corpus.document(int(packing.order[piece]))
             piece_length = len(document) + 1
             stop = min(piece_length, offset + size - filled)
             text = document[offset : min(stop, len(document))]
