@@ -1,10 +1,10 @@
-"""``ropext ls``: the registered methods, searchers and tasks, and RULER's tasks."""
+"""``ropext ls``: the registered methods, searchers, objectives and tasks, and RULER's tasks."""
 
 from __future__ import annotations
 
 
 def list_registered() -> None:
-    """List the registered methods, searchers and tasks."""
+    """List the registered methods, searchers, objectives and tasks."""
     from rich.console import Console
     from rich.table import Table
 
@@ -13,12 +13,13 @@ def list_registered() -> None:
     from ropext.methods import METHODS
     from ropext.registry import load_plugins
     from ropext.search import SEARCHERS
+    from ropext.search.objectives import OBJECTIVES
 
     load_plugins()
     table = Table(show_header=True, header_style="bold")
     for column in ("kind", "name", "aliases", "what it does"):
         table.add_column(column)
-    for kind, registry in (("method", METHODS), ("searcher", SEARCHERS), ("task", TASKS)):
+    for kind, registry in (("method", METHODS), ("searcher", SEARCHERS), ("objective", OBJECTIVES), ("task", TASKS)):
         entries = list(registry)
         if not entries:
             table.add_row(kind, "-", "", "(none registered)")

@@ -49,6 +49,9 @@ def search(
         ),
     ] = True,
     dtype: DtypeOption = "auto",
+    objective: Annotated[
+        str, typer.Option(help="Searchers: what scores a candidate: ppl, needle or a plugin's (see `ropext ls`).")
+    ] = "ppl",
 ) -> None:
     """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
     from ropext.lengths import parse_length
@@ -72,6 +75,7 @@ def search(
     length = parse_length(target_length, "--target-length")
     if method in SEARCHERS:
         from ropext.search.engine import EngineOptions
+        from ropext.search.objectives import OBJECTIVES
         from ropext.search.run import SearchRequest
 
         if corpus is None:
@@ -100,6 +104,7 @@ def search(
             dtype=dtype,
             critical_floor=critical_floor,
             engine=EngineOptions(max_batch_tokens=max_batch_tokens, sdpa_backend=sdpa_backend),
+            objective=OBJECTIVES.canonical(objective),  # unknown: one line with the known names, nothing loaded
         )
         _run_searcher(request, out, journal)
         return

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ropext.distributed import joined_world
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
@@ -49,11 +50,18 @@ class PerplexityEngine:
         windows: torch.Tensor,
         unscaled: RopeScaling,
         options: EngineOptions = EngineOptions(),
+        answer_lengths: Sequence[int] | None = None,
     ) -> None:
         if windows.dim() != 2 or windows.shape[1] < 2:
             raise ValueError(f"windows must be [count, length >= 2], got {tuple(windows.shape)}")
         self.options = options
         self.length = windows.shape[1]
+        if answer_lengths is not None:
+            answer_lengths = tuple(answer_lengths)
+            if len(answer_lengths) != windows.shape[0] or not all(0 < n < self.length for n in answer_lengths):
+                raise ValueError(f"answer_lengths must give 1 .. length-1 tokens per window, got {answer_lengths}")
+        self.answer_lengths = answer_lengths
+        """Per window, how many trailing tokens are scored (the needle objective); None: every next token."""
         fits = max(1, options.max_batch_tokens // self.length)
         usual_rows = windows.shape[0] * options.candidates_per_batch
         # Split the usual call's rows into equal batches under the cap, so it needs no padding.
@@ -95,6 +103,8 @@ class PerplexityEngine:
         row_nll = [0.0] * len(rows)
         rows_done = [0] * len(items)
         predicted = self.length - 1
+        # Tokens scored per candidate: every next token of every window, or only the answers.
+        scored = predicted * count if self.answer_lengths is None else sum(self.answer_lengths)
         scores: dict[str, float] = {}
         lock = threading.Lock()
 
@@ -102,7 +112,7 @@ class PerplexityEngine:
             # Summed in row order, whichever device or process scored each row: identical results.
             total = sum(row_nll[c * count : (c + 1) * count])
             key, scaling = items[c]
-            scores[key] = math.exp(total / (predicted * count))
+            scores[key] = math.exp(total / scored)
             if self.on_result is not None:
                 self.on_result(key, scaling, scores[key])
 
@@ -115,7 +125,11 @@ class PerplexityEngine:
                     rotary.set_rows([frequencies[rows[r][0]] for r in padded])
                 ids = windows[[rows[r][1] for r in padded]]
                 with sdpa_context(self.options.sdpa_backend, device):
-                    totals, _ = summed_nll(model, ids, 0, self.options.chunk_tokens)
+                    if self.answer_lengths is None:
+                        totals, _ = summed_nll(model, ids, 0, self.options.chunk_tokens)
+                    else:
+                        answers = [self.answer_lengths[rows[r][1]] for r in padded]
+                        totals = answer_nll(model, ids, answers, self.options.chunk_tokens)
                 values = totals.tolist()
                 with lock:
                     for r, value in zip(batch, values, strict=False):
@@ -160,6 +174,38 @@ class PerplexityEngine:
         # The vector a model would use for an input of the windows' length: short_factors for windows
         # up to L0, the long factors above, the dynamic vector at that length.
         return scaling.inv_freq(length, device=device), scaling.attention_factor, scaling.start_tokens
+
+
+@torch.inference_mode()
+def answer_nll(model: Any, input_ids: torch.Tensor, answer_lengths: Sequence[int], chunk_tokens: int) -> torch.Tensor:
+    """NLL summed per row over only its last ``answer_lengths[row]`` tokens (float64, [B]).
+
+    The decoder runs once; only the hidden states that predict an answer token are projected onto
+    the vocabulary, in chunks of ``chunk_tokens`` rows × positions, so no [L, vocab] logits exist.
+    """
+    from ropext.evaluate.nll import _logit_transform
+
+    rows, length = input_ids.shape
+    longest = max(answer_lengths)
+    decoder = model.base_model
+    head = model.get_output_embeddings()
+    hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+    transform = _logit_transform(model.config)
+    # Position p predicts token p + 1: the answer's n tokens are predicted from positions L-n-1 .. L-2.
+    start = length - 1 - longest
+    targets = input_ids[:, start + 1 :]
+    offsets = torch.arange(longest, device=input_ids.device)
+    lengths = torch.tensor(list(answer_lengths), device=input_ids.device)
+    wanted = offsets.unsqueeze(0) >= (longest - lengths).unsqueeze(1)  # [B, longest]: this row's answer
+    totals = torch.zeros(rows, dtype=torch.float64, device=input_ids.device)
+    positions = max(1, chunk_tokens // rows)
+    for first in range(0, longest, positions):
+        last = min(first + positions, longest)
+        logits = transform(head(hidden[:, start + first : start + last]).float())
+        losses = F.cross_entropy(logits.flatten(0, 1), targets[:, first:last].flatten(), reduction="none")
+        losses = losses.view(rows, -1).double() * wanted[:, first:last]
+        totals += losses.sum(dim=1)
+    return totals
 
 
 def frequencies_key(scaling: RopeScaling) -> str:

@@ -26,6 +26,7 @@ from ropext.search import SEARCHERS
 from ropext.search.base import FACTS, Candidate, SearchSpace
 from ropext.search.engine import EngineOptions, PerplexityEngine, frequencies_key
 from ropext.search.journal import Journal
+from ropext.search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ObjectiveWindows
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class SearchRequest:
     """Keep the factors of pairs that never complete a turn within the original context at s or above
     (``ropext.critical``), so no position up to the target reaches an angle unseen in training."""
     engine: EngineOptions = field(default_factory=EngineOptions)
+    objective: str = "ppl"
+    """What a candidate is scored by (``ropext.search.objectives``): ``ppl``, ``needle`` or a plugin's."""
 
 
 def attention_factor(spec: str, scale: float, original: int) -> float:
@@ -106,6 +109,8 @@ class SearchPlan:
     window_length: int
     attention_spec: str
     attention: float
+    objective: Any = None
+    """The registered objective (``ropext.search.objectives``)."""
 
 
 def run_search(
@@ -122,14 +127,15 @@ def run_search(
     world = join_launched_processes()
     # Under torchrun each process drives the GPU of its local rank; alone, every --devices GPU.
     devices = [launched_device()] if world.size > 1 else resolve_devices(request.devices)
-    windows = search_windows(load_tokenizer(source), request, plan.window_length)
+    scored = plan.objective.windows(load_tokenizer(source), request, plan.window_length)
+    windows = scored.ids
     identity = journal_identity(request, layout, plan, space)
     replicas = [(load_model(source, device=d, dtype=resolve_dtype(request.dtype, d)), d) for d in devices]
     # Only now that everything loaded: a run that fails before this leaves no journal behind.
     # Only rank 0 keeps the journal; the others receive its scores, so every process retraces the same steps.
     journal = Journal(journal_path, identity) if world.is_main else None
     try:
-        engine = perplexity_engine(request, layout, plan, replicas, windows)
+        engine = perplexity_engine(request, layout, plan, replicas, windows, scored.answer_lengths)
         earlier = replay_journal(engine, journal, world)  # seconds spent by earlier, interrupted runs
         replayed = len(engine.cache)
         expected = plan.searcher.expected_evaluations(space, plan.params)
@@ -143,7 +149,8 @@ def run_search(
             journal.close()
     seconds = earlier + time.perf_counter() - began  # the whole search, over all its runs
     return winner.with_provenance(
-        **provenance(request, plan, space, engine, replayed, objective.stopped, seconds, score, devices, world)
+        **provenance(request, plan, space, engine, replayed, objective.stopped, seconds, score, devices, world),
+        **objective_provenance(plan, scored),
     )
 
 
@@ -151,6 +158,7 @@ def run_search(
 def validate(request: SearchRequest, layout: RotaryLayout) -> SearchPlan:
     """Check the request against the model; one clear error for what does not fit, before anything loads."""
     searcher = SEARCHERS.get(request.searcher)
+    chosen_objective = OBJECTIVES.get(request.objective)  # unknown: one line with the known names
     missing = [fact for fact in FACTS if not hasattr(searcher, fact)]
     if missing:
         raise RopextError(
@@ -188,6 +196,7 @@ def validate(request: SearchRequest, layout: RotaryLayout) -> SearchPlan:
         window_length=request.short_length if short else request.target_length,
         attention_spec=attention_spec,
         attention=attention,
+        objective=chosen_objective,
     )
 
 
@@ -245,10 +254,11 @@ def perplexity_engine(
     plan: SearchPlan,
     replicas: list[tuple[Any, str]],
     windows: torch.Tensor,
+    answer_lengths: Sequence[int] | None = None,
 ) -> PerplexityEngine:
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     options = replace(request.engine, candidates_per_batch=plan.searcher.batch_hint(plan.params))
-    return PerplexityEngine(replicas, windows, unscaled, options)
+    return PerplexityEngine(replicas, windows, unscaled, options, answer_lengths)
 
 
 class BudgetReached(Exception):
@@ -313,6 +323,9 @@ def journal_identity(
         "short": plan.short,
         "from": plan.base.to_dict() if plan.base is not None else None,
     }
+    if plan.objective is not None and plan.objective.name != DEFAULT_OBJECTIVE:
+        # Only when not ppl: journals written before objectives existed resume under the default.
+        identity["objective"] = plan.objective.name
     if space.floors is not None:
         # Only when on: journals written before the floor existed resume under --no-critical-floor.
         identity["critical_floor"] = True
@@ -397,7 +410,7 @@ def provenance(
     return dict(
         searcher=plan.searcher.name,
         params=asdict(plan.params),
-        objective="perplexity",
+        objective=plan.objective.provenance_name if plan.objective is not None else "perplexity",
         corpus=request.corpus,
         lengths={"window": plan.window_length, "target": request.target_length},
         samples=request.samples,
@@ -417,3 +430,13 @@ def provenance(
         short_search=plan.short,
         critical_floor=space.floors is not None,
     )
+
+
+def objective_provenance(plan: SearchPlan, scored: ObjectiveWindows) -> dict[str, Any]:
+    """What a non-default objective adds to the provenance (nothing for ppl: its YAML stays as it was)."""
+    if plan.objective is None or plan.objective.name == DEFAULT_OBJECTIVE:
+        return {}
+    details = dict(scored.details)
+    if scored.answer_lengths is not None:
+        details["answer_tokens"] = list(scored.answer_lengths)
+    return {"objective_details": details}

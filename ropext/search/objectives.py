@@ -1,0 +1,105 @@
+"""Search objectives, registered by name (``ropext search --objective NAME``; ``ropext ls`` lists them).
+
+An objective decides which windows the engine scores and which of their tokens count:
+
+- ``ppl``: every next token of the first ``length`` tokens of each document (the perplexity objective).
+- ``needle``: only the answer tokens of a needle, a random 7-digit number stated once in a real
+  document at a seeded, stratified depth and asked for at the end of the window.
+
+An objective is an object with ``name``, ``provenance_name`` and
+``windows(tokenizer, request, length) -> ObjectiveWindows``; plugins register more on ``OBJECTIVES``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ropext.errors import RopextError
+from ropext.registry import Registry
+
+DEFAULT_OBJECTIVE = "ppl"
+
+
+@dataclass(frozen=True)
+class ObjectiveWindows:
+    ids: torch.Tensor
+    """[count, length] token ids, every row exactly the window length."""
+    answer_lengths: tuple[int, ...] | None = None
+    """Per row, how many trailing tokens are scored; None scores every next token (perplexity)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the provenance records about the windows (e.g. the needles' depths)."""
+
+
+class Perplexity:
+    name = "ppl"
+    provenance_name = "perplexity"  # the YAML key written before objectives existed
+
+    def windows(self, tokenizer: Any, request: Any, length: int) -> ObjectiveWindows:
+        from ropext.search.run import search_windows
+
+        return ObjectiveWindows(search_windows(tokenizer, request, length))
+
+
+NEEDLE_TEXT = " The special magic number is {number}. "
+QUESTION_TEXT = (
+    " What is the special magic number mentioned in the text? The special magic number mentioned in the text is"
+)
+ANSWER_TEXT = " {number}"
+
+
+class Needle:
+    name = "needle"
+    provenance_name = "needle"
+
+    def windows(self, tokenizer: Any, request: Any, length: int) -> ObjectiveWindows:
+        from ropext.search.run import search_windows
+
+        documents = search_windows(tokenizer, request, length)
+        return needle_windows(tokenizer, documents, request.seed)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def needle_depths(count: int, rng: random.Random) -> list[float]:
+    """One depth per window, stratified: window i lies in ((i + 0.05) / count, (i + 0.95) / count), so the
+    depths spread over (0, 1) and never touch the ends."""
+    return [(i + 0.05 + 0.9 * rng.random()) / count for i in range(count)]
+
+
+def needle_windows(tokenizer: Any, documents: torch.Tensor, seed: int) -> ObjectiveWindows:
+    """Each document's first tokens with a needle inserted at its depth, then the question and the answer;
+    every row keeps the documents' length, and the answer's tokens end it."""
+    count, length = documents.shape
+    rng = random.Random(f"needle:{seed}")  # seeded apart from the searcher's own random stream
+    depths = needle_depths(count, rng)
+    rows, answers, positions = [], [], []
+    question = _encode(tokenizer, QUESTION_TEXT)
+    for row, depth in enumerate(depths):
+        number = rng.randrange(1_000_000, 10_000_000)
+        needle = _encode(tokenizer, NEEDLE_TEXT.format(number=number))
+        answer = _encode(tokenizer, ANSWER_TEXT.format(number=number))
+        room = length - len(needle) - len(question) - len(answer)
+        if room < 1:
+            raise RopextError(
+                f"a needle window of {length} tokens has no room for text around the needle "
+                f"({len(needle) + len(question) + len(answer)} tokens): search a longer target length"
+            )
+        hay = documents[row, :room].tolist()
+        at = round(depth * room)
+        rows.append(hay[:at] + needle + hay[at:] + question + answer)
+        answers.append(len(answer))
+        positions.append(at)
+    ids = torch.tensor(rows, dtype=torch.int64)
+    details = {"depths": [round(d, 4) for d in depths], "needle_positions": positions}
+    return ObjectiveWindows(ids, tuple(answers), details)
+
+
+OBJECTIVES: Registry = Registry("objective")
+OBJECTIVES.register("ppl", Perplexity(), "perplexity of every token of the search windows", aliases=("perplexity",))
+OBJECTIVES.register("needle", Needle(), "perplexity of the answer of a 7-digit needle at a seeded, stratified depth")
