@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ropext.data.corpus import open_corpus
+from ropext.data.tokenized import tokenize_corpus
 from ropext.errors import RopextError
 from ropext.registry import Registry
 
@@ -34,13 +36,24 @@ class ObjectiveWindows:
     """What the provenance records about the windows (e.g. the needles' depths)."""
 
 
+def search_windows(tokenizer: Any, request: Any, length: int) -> torch.Tensor:
+    """The first ``length`` tokens of ``samples`` documents at least ``length`` long (after skip_docs)."""
+    corpus = tokenize_corpus(tokenizer, open_corpus(request.corpus))
+    documents = corpus.require(length, what="search")[request.skip_docs :]
+    if len(documents) < request.samples:
+        raise RopextError(
+            f"corpus {request.corpus} has {len(documents)} documents of {length}+ tokens after skipping "
+            f"{request.skip_docs}; the search needs --samples {request.samples}: lower --samples or add documents"
+        )
+    rows = [torch.from_numpy(corpus.document(d)[:length].astype("int64")) for d in documents[: request.samples]]
+    return torch.stack(rows)
+
+
 class Perplexity:
     name = "ppl"
     provenance_name = "perplexity"  # the YAML key written before objectives existed
 
     def windows(self, tokenizer: Any, request: Any, length: int) -> ObjectiveWindows:
-        from ropext.search.run import search_windows
-
         return ObjectiveWindows(search_windows(tokenizer, request, length))
 
 
@@ -56,8 +69,6 @@ class Needle:
     provenance_name = "needle"
 
     def windows(self, tokenizer: Any, request: Any, length: int) -> ObjectiveWindows:
-        from ropext.search.run import search_windows
-
         documents = search_windows(tokenizer, request, length)
         return needle_windows(tokenizer, documents, request.seed)
 

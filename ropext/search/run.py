@@ -15,7 +15,6 @@ import torch
 from ropext import __version__
 from ropext.critical import critical_floors
 from ropext.data.corpus import open_corpus
-from ropext.data.tokenized import tokenize_corpus
 from ropext.distributed import World, join_launched_processes, launched_device
 from ropext.errors import RopextError
 from ropext.methods import METHODS
@@ -27,6 +26,7 @@ from ropext.search.base import FACTS, Candidate, SearchSpace
 from ropext.search.engine import EngineOptions, PerplexityEngine, frequencies_key
 from ropext.search.journal import Journal
 from ropext.search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ObjectiveWindows
+from ropext.search.objectives import search_windows as search_windows  # where callers (bench/) import it from
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,6 @@ def attention_factor(spec: str, scale: float, original: int) -> float:
     if not value > 0:
         raise RopextError(f"--attention-factor must be positive, got {value}")
     return value
-
-
-def search_windows(tokenizer: Any, request: SearchRequest, length: int) -> torch.Tensor:
-    """The first ``length`` tokens of ``samples`` documents at least ``length`` long (after skip_docs)."""
-    corpus = tokenize_corpus(tokenizer, open_corpus(request.corpus))
-    documents = corpus.require(length, what="search")[request.skip_docs :]
-    if len(documents) < request.samples:
-        raise RopextError(
-            f"corpus {request.corpus} has {len(documents)} documents of {length}+ tokens after skipping "
-            f"{request.skip_docs}; the search needs --samples {request.samples}: lower --samples or add documents"
-        )
-    rows = [torch.from_numpy(corpus.document(d)[:length].astype("int64")) for d in documents[: request.samples]]
-    return torch.stack(rows)
 
 
 def resolve_devices(devices: Sequence[str]) -> list[str]:
