@@ -51,6 +51,7 @@ class PerplexityEngine:
         unscaled: RopeScaling,
         options: EngineOptions = EngineOptions(),
         answer_lengths: Sequence[int] | None = None,
+        mix_weight: float | None = None,
     ) -> None:
         if windows.dim() != 2 or windows.shape[1] < 2:
             raise ValueError(f"windows must be [count, length >= 2], got {tuple(windows.shape)}")
@@ -61,6 +62,10 @@ class PerplexityEngine:
             if len(answer_lengths) != windows.shape[0] or not all(0 < n < self.length for n in answer_lengths):
                 raise ValueError(f"answer_lengths must give 1 .. length-1 tokens per window, got {answer_lengths}")
         self.answer_lengths = answer_lengths
+        if mix_weight is not None and (answer_lengths is None or not 0 <= mix_weight <= 1):
+            raise ValueError(f"mix_weight must be in [0, 1] and needs answer_lengths, got {mix_weight}")
+        self.mix_weight = mix_weight
+        """With answer_lengths: score exp((1 - w) · mean NLL of every token + w · mean NLL of the answers)."""
         """Per window, how many trailing tokens are scored (the needle objective); None: every next token."""
         fits = max(1, options.max_batch_tokens // self.length)
         usual_rows = windows.shape[0] * options.candidates_per_batch
@@ -101,6 +106,7 @@ class PerplexityEngine:
         # local replica) share its batches the same way.
         batches = batches[self.rank :: self.world]
         row_nll = [0.0] * len(rows)
+        row_whole = [0.0] * len(rows)  # every next token's NLL, for a mix
         rows_done = [0] * len(items)
         predicted = self.length - 1
         # Tokens scored per candidate: every next token of every window, or only the answers.
@@ -112,7 +118,11 @@ class PerplexityEngine:
             # Summed in row order, whichever device or process scored each row: identical results.
             total = sum(row_nll[c * count : (c + 1) * count])
             key, scaling = items[c]
-            scores[key] = math.exp(total / scored)
+            if self.mix_weight is None:
+                scores[key] = math.exp(total / scored)
+            else:
+                whole = sum(row_whole[c * count : (c + 1) * count]) / (predicted * count)
+                scores[key] = math.exp((1 - self.mix_weight) * whole + self.mix_weight * total / scored)
             if self.on_result is not None:
                 self.on_result(key, scaling, scores[key])
 
@@ -129,11 +139,15 @@ class PerplexityEngine:
                         totals, _ = summed_nll(model, ids, 0, self.options.chunk_tokens)
                     else:
                         answers = [self.answer_lengths[rows[r][1]] for r in padded]
-                        totals = answer_nll(model, ids, answers, self.options.chunk_tokens)
+                        mixed = self.mix_weight is not None
+                        totals, wholes = answer_nll(model, ids, answers, self.options.chunk_tokens, mixed)
+                        whole_values = wholes.tolist()
                 values = totals.tolist()
                 with lock:
-                    for r, value in zip(batch, values, strict=False):
+                    for i, (r, value) in enumerate(zip(batch, values, strict=False)):
                         row_nll[r] = value
+                        if self.mix_weight is not None:
+                            row_whole[r] = whole_values[i]
                         c = rows[r][0]
                         rows_done[c] += 1
                         if rows_done[c] == count and self.world == 1:
@@ -162,9 +176,9 @@ class PerplexityEngine:
 
             # Each row was scored by exactly one process (zeros elsewhere): the sum is exact.
             device = self.replicas[0][1] if dist.get_backend() == "nccl" else "cpu"
-            gathered = torch.tensor(row_nll, dtype=torch.float64, device=device)
+            gathered = torch.tensor(row_nll + row_whole, dtype=torch.float64, device=device)
             dist.all_reduce(gathered)
-            row_nll[:] = gathered.tolist()
+            row_nll[:], row_whole[:] = gathered[: len(rows)].tolist(), gathered[len(rows) :].tolist()
             for c in range(len(items)):
                 finish(c)
         return scores
@@ -177,16 +191,19 @@ class PerplexityEngine:
 
 
 @torch.inference_mode()
-def answer_nll(model: Any, input_ids: torch.Tensor, answer_lengths: Sequence[int], chunk_tokens: int) -> torch.Tensor:
-    """NLL summed per row over only its last ``answer_lengths[row]`` tokens (float64, [B]).
+def answer_nll(
+    model: Any, input_ids: torch.Tensor, answer_lengths: Sequence[int], chunk_tokens: int, whole: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NLL summed per row over only its last ``answer_lengths[row]`` tokens, and (``whole``) over every
+    next token as well, from one forward pass (float64, [B] each; the second is zeros without ``whole``).
 
-    The decoder runs once; only the hidden states that predict an answer token are projected onto
+    The decoder runs once; only the hidden states that predict a scored token are projected onto
     the vocabulary, in chunks of ``chunk_tokens`` rows × positions, so no [L, vocab] logits exist.
     """
     from ropext.evaluate.nll import _logit_transform
 
     rows, length = input_ids.shape
-    longest = max(answer_lengths)
+    longest = length - 1 if whole else max(answer_lengths)
     decoder = model.base_model
     head = model.get_output_embeddings()
     hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
@@ -198,14 +215,17 @@ def answer_nll(model: Any, input_ids: torch.Tensor, answer_lengths: Sequence[int
     lengths = torch.tensor(list(answer_lengths), device=input_ids.device)
     wanted = offsets.unsqueeze(0) >= (longest - lengths).unsqueeze(1)  # [B, longest]: this row's answer
     totals = torch.zeros(rows, dtype=torch.float64, device=input_ids.device)
+    everything = torch.zeros_like(totals)
     positions = max(1, chunk_tokens // rows)
     for first in range(0, longest, positions):
         last = min(first + positions, longest)
         logits = transform(head(hidden[:, start + first : start + last]).float())
         losses = F.cross_entropy(logits.flatten(0, 1), targets[:, first:last].flatten(), reduction="none")
-        losses = losses.view(rows, -1).double() * wanted[:, first:last]
-        totals += losses.sum(dim=1)
-    return totals
+        losses = losses.view(rows, -1).double()
+        totals += (losses * wanted[:, first:last]).sum(dim=1)
+        if whole:
+            everything += losses.sum(dim=1)
+    return totals, everything
 
 
 def frequencies_key(scaling: RopeScaling) -> str:

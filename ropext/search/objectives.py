@@ -13,7 +13,7 @@ An objective is an object with ``name``, ``provenance_name`` and
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -32,6 +32,8 @@ class ObjectiveWindows:
     """[count, length] token ids, every row exactly the window length."""
     answer_lengths: tuple[int, ...] | None = None
     """Per row, how many trailing tokens are scored; None scores every next token (perplexity)."""
+    mix_weight: float | None = None
+    """With answer_lengths: the answers' share of the score, the rest being every token's (``mix``)."""
     details: dict[str, Any] = field(default_factory=dict)
     """What the provenance records about the windows (e.g. the needles' depths)."""
 
@@ -108,9 +110,26 @@ def needle_windows(tokenizer: Any, documents: torch.Tensor, seed: int) -> Object
         positions.append(at)
     ids = torch.tensor(rows, dtype=torch.int64)
     details = {"depths": [round(d, 4) for d in depths], "needle_positions": positions}
-    return ObjectiveWindows(ids, tuple(answers), details)
+    return ObjectiveWindows(ids, tuple(answers), details=details)
+
+
+MIX_WEIGHT = 0.5
+"""The needle's share of the ``mix`` objective: provisional, awaiting GPU measurement."""
+
+
+class Mix:
+    """exp(½ · mean NLL of every token + ½ · mean NLL of the answers), on the needle windows."""
+
+    name = "mix"
+    provenance_name = "mix"
+
+    def windows(self, tokenizer: Any, request: Any, length: int) -> ObjectiveWindows:
+        needle = Needle().windows(tokenizer, request, length)
+        details = needle.details | {"needle_weight": MIX_WEIGHT}
+        return replace(needle, mix_weight=MIX_WEIGHT, details=details)
 
 
 OBJECTIVES: Registry = Registry("objective")
 OBJECTIVES.register("ppl", Perplexity(), "perplexity of every token of the search windows", aliases=("perplexity",))
 OBJECTIVES.register("needle", Needle(), "perplexity of the answer of a 7-digit needle at a seeded, stratified depth")
+OBJECTIVES.register("mix", Mix(), "geometric mean of ppl and needle on the needle windows (provisional)")

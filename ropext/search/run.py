@@ -115,14 +115,13 @@ def run_search(
     # Under torchrun each process drives the GPU of its local rank; alone, every --devices GPU.
     devices = [launched_device()] if world.size > 1 else resolve_devices(request.devices)
     scored = plan.objective.windows(load_tokenizer(source), request, plan.window_length)
-    windows = scored.ids
     identity = journal_identity(request, layout, plan, space)
     replicas = [(load_model(source, device=d, dtype=resolve_dtype(request.dtype, d)), d) for d in devices]
     # Only now that everything loaded: a run that fails before this leaves no journal behind.
     # Only rank 0 keeps the journal; the others receive its scores, so every process retraces the same steps.
     journal = Journal(journal_path, identity) if world.is_main else None
     try:
-        engine = perplexity_engine(request, layout, plan, replicas, windows, scored.answer_lengths)
+        engine = perplexity_engine(request, layout, plan, replicas, scored)
         earlier = replay_journal(engine, journal, world)  # seconds spent by earlier, interrupted runs
         replayed = len(engine.cache)
         expected = plan.searcher.expected_evaluations(space, plan.params)
@@ -240,12 +239,11 @@ def perplexity_engine(
     layout: RotaryLayout,
     plan: SearchPlan,
     replicas: list[tuple[Any, str]],
-    windows: torch.Tensor,
-    answer_lengths: Sequence[int] | None = None,
+    scored: ObjectiveWindows,
 ) -> PerplexityEngine:
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     options = replace(request.engine, candidates_per_batch=plan.searcher.batch_hint(plan.params))
-    return PerplexityEngine(replicas, windows, unscaled, options, answer_lengths)
+    return PerplexityEngine(replicas, scored.ids, unscaled, options, scored.answer_lengths, scored.mix_weight)
 
 
 class BudgetReached(Exception):

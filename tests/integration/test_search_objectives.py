@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from ropext.scaling import RopeScaling
 from ropext.search.engine import EngineOptions, PerplexityEngine
 from ropext.search.objectives import (
     ANSWER_TEXT,
+    MIX_WEIGHT,
     NEEDLE_TEXT,
     OBJECTIVES,
     QUESTION_TEXT,
@@ -93,7 +95,8 @@ def test_needle_windows_are_fixed_by_the_seed(tiny_tokenizer: Any, documents: to
 def engine_for(pristine: Any, layout: RotaryLayout, scored: ObjectiveWindows, per_batch: int) -> PerplexityEngine:
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     options = EngineOptions(max_batch_tokens=WINDOW * WINDOWS * per_batch, candidates_per_batch=per_batch)
-    return PerplexityEngine([(copy.deepcopy(pristine), "cpu")], scored.ids, unscaled, options, scored.answer_lengths)
+    model = [(copy.deepcopy(pristine), "cpu")]
+    return PerplexityEngine(model, scored.ids, unscaled, options, scored.answer_lengths, scored.mix_weight)
 
 
 def test_only_the_answer_tokens_are_scored(
@@ -103,7 +106,9 @@ def test_only_the_answer_tokens_are_scored(
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     [score] = engine_for(pristine, layout, scored, 1)([unscaled])
     # Directly in transformers: full logits, log-softmax, the answer positions only.
-    total, count = 0.0, 0
+    mixed = dataclasses.replace(scored, mix_weight=MIX_WEIGHT)
+    [mix_score] = engine_for(pristine, layout, mixed, 1)([unscaled])
+    total, count, every = 0.0, 0, 0.0
     with torch.no_grad():
         for row, answer_length in zip(scored.ids, scored.answer_lengths, strict=True):
             logits = pristine(input_ids=row[None]).logits[0].double()
@@ -112,9 +117,14 @@ def test_only_the_answer_tokens_are_scored(
             picked = -logprobs[torch.arange(WINDOW - 1), targets]
             total += picked[-answer_length:].sum().item()
             count += answer_length
-            whole = math.exp(picked.mean().item())
+            every += picked.sum().item()
+    whole = every / (WINDOWS * (WINDOW - 1))
     assert math.isclose(score, math.exp(total / count), rel_tol=1e-5)
-    assert not math.isclose(score, whole, rel_tol=1e-2)  # not the whole window's perplexity
+    assert not math.isclose(score, math.exp(whole), rel_tol=1e-2)  # not the whole window's perplexity
+    # mix: the geometric mean of the windows' perplexity and the answers'.
+    expected_mix = math.exp((1 - MIX_WEIGHT) * whole + MIX_WEIGHT * total / count)
+    assert math.isclose(mix_score, expected_mix, rel_tol=1e-5)
+    assert not math.isclose(mix_score, score, rel_tol=1e-2)
 
 
 def test_a_candidate_scores_the_same_alone_and_batched(
@@ -155,6 +165,9 @@ def test_needle_search_resumes_from_its_journal_and_records_its_objective(
     assert a.provenance["replayed_evaluations"] == 4
     assert a.factors == b.factors and a.provenance["score"] == b.provenance["score"]
     assert a.provenance["objective"] == "needle"
+    mixed = tmp_path / "mix.yaml"
+    assert_ok(search(tiny_model, corpus_files.folder, mixed, "--objective", "mix", "--budget", "2"))
+    assert RopeScaling.load(mixed).provenance["objective_details"]["needle_weight"] == MIX_WEIGHT
     assert len(a.provenance["objective_details"]["depths"]) == 2
     assert (
         "objective"
@@ -188,7 +201,7 @@ class LastTokens:
 
     def windows(self, tokenizer: Any, request: Any, length: int) -> ObjectiveWindows:
         plain = OBJECTIVES.get("ppl").windows(tokenizer, request, length)
-        return ObjectiveWindows(plain.ids, (5,) * plain.ids.shape[0], {"tokens": 5})
+        return ObjectiveWindows(plain.ids, (5,) * plain.ids.shape[0], details={"tokens": 5})
 
 
 def test_a_plugin_objective_drives_the_search(
