@@ -8,6 +8,8 @@
   chosen for the hardware (``sdpa_backend``).
 - A candidate is never scored twice: scores are cached by content hash (`frequencies_key`).
 - Several GPUs each take whole batches; each GPU holds its own copy of the (small) model.
+- An objective may score only each window's last tokens (``answer_lengths``: the needle objective),
+  alone or mixed with every token's loss (``mix_weight``); see ``ropext.search.objectives``.
 """
 
 from __future__ import annotations
