@@ -6,6 +6,9 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +221,22 @@ def test_a_plugin_objective_drives_the_search(
     assert scaling.provenance["objective_details"] == {"tokens": 5, "answer_tokens": [5, 5]}
     assert RopeScaling.load(ppl).provenance["objective"] == "perplexity"
     assert [r["score"] for r in records(out)] != [r["score"] for r in records(ppl)]
+
+
+def test_mix_under_torchrun_scores_what_one_process_scores(
+    tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    # Two CPU processes (gloo) split the batches; both the answers' and every token's sums are gathered.
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    extra = ("--objective", "mix", "--budget", "4")
+    assert_ok(search(tiny_model, corpus_files.folder, one, *extra))
+    args = [
+        "search", "--model", tiny_model, "--method", "dcis", "-t", "1k", "--corpus", corpus_files.folder,
+        "--samples", "2", "--param", "candidates=2", "--out", two, *extra,
+    ]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ropext", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert RopeScaling.load(two).provenance["processes"] == 2
+    assert [(r["key"], r["score"]) for r in records(two)] == [(r["key"], r["score"]) for r in records(one)]
