@@ -77,6 +77,16 @@ def finetune(
     save_model: Annotated[
         bool, typer.Option(help="Write the final Hugging Face model folder (--no-save-model for throughput runs).")
     ] = True,
+    position_skip: Annotated[
+        str | None,
+        typer.Option(help="PoSE: skip position ids so each window spans up to this length (e.g. 64k; default off)."),
+    ] = None,
+    short_share: Annotated[
+        float,
+        typer.Option(
+            help="Share of windows at positions within the original length (short factors); needs --position-skip."
+        ),
+    ] = 0.0,
     local_rank: LauncherRankOption = None,
 ) -> None:
     """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
@@ -110,6 +120,8 @@ def finetune(
         init=init,
         sdpa_backend=sdpa_backend,
         save_model=save_model,
+        position_skip=parse_length(position_skip, "--position-skip") if position_skip is not None else None,
+        short_share=short_share,
     )
     world = launcher_world()
     if gpus is not None and gpus < 1:

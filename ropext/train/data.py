@@ -136,3 +136,79 @@ def check_fills(windows: PackedWindows, micro_batch: int, corpus_name: str, skip
             f"{skipped}, fewer than one micro batch of {micro_batch} window(s) of {windows.length} tokens "
             f"({needed}); use a shorter --train-length, a smaller micro batch or a larger corpus"
         )
+
+
+@dataclass(frozen=True)
+class PositionPlan:
+    """Position ids of training windows: PoSE position skipping and mixed short/long windows.
+
+    Window k's positions are a pure function of (seed, k), like its tokens, so a resumed run sees the same.
+    ``target`` None and ``short_share`` 0 give every window 0 .. length-1 (plain training).
+    """
+
+    length: int
+    original: int
+    """The model's original context length: positions below it make longrope use its short factors."""
+    target: int | None = None
+    """--position-skip: long windows' last position id is drawn from [max(length, original+1) - 1, target - 1]."""
+    short_share: float = 0.0
+    seed: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.target is not None or self.short_share > 0
+
+    def _rng(self, sample: int) -> np.random.Generator:
+        # A stream of its own (the 1 keeps it apart from the packing's (seed, epoch) generators).
+        return np.random.default_rng([self.seed, 1, sample])
+
+    def is_short(self, sample: int) -> bool:
+        """Whether window ``sample`` trains at positions 0 .. length-1 (within the original length)."""
+        return self.short_share > 0 and bool(self._rng(sample).random() < self.short_share)
+
+    def positions(self, sample: int) -> np.ndarray:
+        """Position ids (int64) of window ``sample``: two chunks, the second shifted by a random skip."""
+        rng = self._rng(sample)
+        short = self.short_share > 0 and bool(rng.random() < self.short_share)
+        plain = np.arange(self.length, dtype=np.int64)
+        if short or self.target is None:
+            return plain
+        # The last id reaches past the original length, so longrope's long factors serve the whole window.
+        lowest_last = max(self.length, self.original + 1) - 1
+        last = int(rng.integers(lowest_last, self.target))
+        split = int(rng.integers(1, self.length))
+        plain[split:] += last - (self.length - 1)
+        return plain
+
+    def batch(self, first_sample: int, count: int) -> np.ndarray:
+        return np.stack([self.positions(first_sample + i) for i in range(count)])
+
+
+def check_positions(length: int, original: int, target_length: int, target: int | None, short_share: float) -> None:
+    """Refuse position settings that cannot be trained as asked, with the fix in the message."""
+    if not 0 <= short_share < 1:
+        raise RopextError(
+            f"--short-share must be in [0, 1) (the share of windows at short positions), got {short_share}"
+        )
+    if target is None:
+        if short_share > 0:
+            raise RopextError(
+                "--short-share needs --position-skip TARGET: the other windows are the long ones, stretched to TARGET"
+            )
+        return
+    if target < length:
+        raise RopextError(f"--position-skip {target} is below --train-length {length}; give a target of at least it")
+    if target <= original:
+        raise RopextError(
+            f"--position-skip {target} is within the model's original length {original}; give a target above it"
+        )
+    if target > target_length:
+        raise RopextError(
+            f"--position-skip {target} is above the scaling's max_position_embeddings {target_length}; "
+            f"give at most {target_length} or factors for a longer target"
+        )
+    if short_share > 0 and length > original:
+        raise RopextError(
+            f"--short-share trains windows at positions within the original length {original}, but --train-length "
+            f"{length} is longer; use --train-length {original} or less"
+        )

@@ -20,7 +20,12 @@ from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, _logit_transform
 
 
-def causal_lm_loss(model: Any, input_ids: torch.Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+def causal_lm_loss(
+    model: Any,
+    input_ids: torch.Tensor,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean cross-entropy of predicting ``input_ids[:, 1:]`` from each prefix (float32, differentiable).
 
     Equal to transformers' ``model(input_ids, labels=input_ids).loss``; each chunk covers ``chunk_tokens``
@@ -31,7 +36,7 @@ def causal_lm_loss(model: Any, input_ids: torch.Tensor, chunk_tokens: int = DEFA
     head = model.get_output_embeddings()
     if head is None:
         raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
     transform = _logit_transform(model.config)
 
     def chunk_loss(states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -58,14 +63,27 @@ class ChunkedLossModel(nn.Module):
     on the DeepSpeed engine's ``module``) as on the model itself.
     """
 
-    def __init__(self, model: nn.Module, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> None:
+    def __init__(self, model: nn.Module, chunk_tokens: int = DEFAULT_CHUNK_TOKENS, original: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
+        self.original = original
+        """The original context length: rows with position ids past it use longrope's long factors."""
 
     @property
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return causal_lm_loss(self.model, input_ids, self.chunk_tokens)
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if position_ids is None or self.original is None:
+            return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
+        # longrope picks one factor set per forward, from the batch's largest position id: short-position and
+        # long-position rows of one micro batch run as separate forwards so each gets its own factors.
+        long = position_ids.amax(dim=1) >= self.original
+        if bool(long.all()) or not bool(long.any()):
+            return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
+        total = input_ids.new_zeros((), dtype=torch.float32)
+        for rows in (~long, long):
+            loss = causal_lm_loss(self.model, input_ids[rows], self.chunk_tokens, position_ids[rows])
+            total = total + loss * int(rows.sum())
+        return total / input_ids.shape[0]

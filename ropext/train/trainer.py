@@ -41,7 +41,7 @@ from ropext.permissions import follow_umask
 from ropext.progress import ProgressDisplay
 from ropext.scaling import RopeScaling, write_text_atomic
 from ropext.train import config as ds_config
-from ropext.train.data import PackedWindows, check_fills, training_documents
+from ropext.train.data import PackedWindows, PositionPlan, check_fills, check_positions, training_documents
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -85,6 +85,10 @@ class FinetuneRequest:
     """SDPA kernels (ropext.model.sdpa): cuDNN first by default, as for search and evaluation."""
     save_model: bool = True
     """False: no final Hugging Face folder (throughput runs); checkpoints are still written as asked."""
+    position_skip: int | None = None
+    """PoSE: long windows' position ids span up to this length (None: 0 .. train length - 1)."""
+    short_share: float = 0.0
+    """Share of windows trained at positions within the original length (short factors); needs position_skip."""
 
 
 @dataclass
@@ -113,6 +117,7 @@ class Plan:
     windows: PackedWindows
     corpus_fingerprint: str
     world_size: int
+    positions: PositionPlan
     resume_tag: str | None = None
     resume_state: TrainState | None = None
 
@@ -141,6 +146,9 @@ class Plan:
                     "seed": request.seed,
                     "skip_docs": request.skip_docs,
                     "skip_length": request.skip_length,
+                    # Only when used, so checkpoints of plain runs (written before these options) still resume.
+                    **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
+                    **({"short_share": request.short_share} if request.short_share else {}),
                 }
             )
         )
@@ -173,6 +181,10 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     source, layout = load_layout(request.model)
     scaling = choose_scaling(layout, factors=request.factors)
     assert scaling is not None
+    original = scaling.original_max_position_embeddings
+    check_positions(
+        request.train_length, original, scaling.max_position_embeddings, request.position_skip, request.short_share
+    )
     if request.init == "pretrained":
         _check_weights(source)
     resume_tag, resume_state = _check_out(request, world_size)
@@ -197,6 +209,9 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         windows=windows,
         corpus_fingerprint=corpus_files.fingerprint,
         world_size=world_size,
+        positions=PositionPlan(
+            request.train_length, original, request.position_skip, request.short_share, request.seed
+        ),
         resume_tag=resume_tag,
         resume_state=resume_state,
     )
@@ -299,7 +314,8 @@ def _check_resumable(plan: Plan) -> None:
             what = f"{key} {before.get(key)!r}, not {value!r}"
         raise RopextError(
             f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with the same "
-            "--factors, --corpus, --train-length, --seed and --skip-docs, or choose a new --out"
+            "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip and --short-share, "
+            "or choose a new --out"
         )
 
 
@@ -390,7 +406,8 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
     apply_scaling(model, plan.scaling, source=str(request.factors))
     _enable_activation_checkpointing(model)
     model.config.use_cache = False  # no KV cache while training (and no warning about it per step)
-    module = ChunkedLossModel(model, request.chunk_tokens)
+    original = plan.scaling.original_max_position_embeddings if plan.positions.active else None
+    module = ChunkedLossModel(model, request.chunk_tokens, original)
     engine, *_ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config
     )
@@ -425,7 +442,7 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
                 state.samples += plan.samples_per_step
                 state.tokens += step_tokens
                 state.seconds += seconds
-                reporter.step(state, last_loss, float(engine.get_lr()[0]), step_tokens / seconds)
+                reporter.step(state, last_loss, float(engine.get_lr()[0]), step_tokens / seconds, plan)
                 if float(summary[1]) > 0:
                     tag = save_checkpoint(engine, plan, state, world)
                     raise Interrupted(
@@ -503,9 +520,12 @@ def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> floa
     for m in range(plan.grad_accum):
         first = samples + (m * world.size + world.rank) * micro
         batch = torch.from_numpy(plan.windows.batch(first, micro)).to(engine.device)
+        positions = None
+        if plan.positions.active:
+            positions = torch.from_numpy(plan.positions.batch(first, micro)).to(engine.device)
         # The backward pass recomputes each layer's forward (activation checkpointing): it needs the same kernels.
         with sdpa_context(plan.request.sdpa_backend, str(engine.device)):
-            loss = engine(batch)
+            loss = engine(batch) if positions is None else engine(batch, positions)
             engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
         total += float(loss.detach())
@@ -581,6 +601,8 @@ def save_pretrained(engine: Any, model: Any, plan: Plan, state: TrainState, worl
             "seed": request.seed,
             "skip_docs": request.skip_docs,
             "skip_length": request.skip_length,
+            **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
+            **({"short_share": request.short_share} if request.short_share else {}),
             "ropext_version": __version__,
         }
         plan.scaling.with_provenance(finetuned=finetuned).save(out / SCALING_FILE)
@@ -639,9 +661,10 @@ class _Reporter:
             ).start()
         return self
 
-    def step(self, state: TrainState, loss: float, lr: float, tokens_per_s: float) -> None:
+    def step(self, state: TrainState, loss: float, lr: float, tokens_per_s: float, plan: Plan) -> None:
         if not self.active:
             return
+        positions = plan.positions
         record = {
             "step": state.step,
             "loss": loss,
@@ -651,6 +674,11 @@ class _Reporter:
             "seconds": state.seconds,
             "peak_memory_gb": _peak_memory_gb(),
         }
+        if positions.target is not None:
+            # This step's windows (all processes): state.samples is already past them.
+            first = state.samples - plan.samples_per_step
+            short = sum(positions.is_short(k) for k in range(first, state.samples))
+            record.update(position_skip=positions.target, short_windows=short, windows=plan.samples_per_step)
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.shown is not None:

@@ -1,0 +1,207 @@
+"""`ropext finetune --position-skip` (PoSE) and `--short-share` (mixed short/long windows) on the tiny random
+Llama through DeepSpeed's CPU accelerator: the position ids of each window, the factors the rotary module
+uses for them, training, resuming and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from integration_support import (
+    ORIGINAL_CONTEXT,
+    CorpusFiles,
+    assert_clean_error,
+    assert_ok,
+    run_cli,
+    run_cli_subprocess,
+)
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from ropext.methods import METHODS
+from ropext.model.apply import apply_scaling, rotary_modules
+from ropext.model.loading import load_layout
+from ropext.scaling import RopeScaling
+from ropext.train.data import PositionPlan
+from ropext.train.loss import ChunkedLossModel, causal_lm_loss
+
+TRAIN_LENGTH, TARGET = 128, 1024
+STEPS, HALF = 8, 4
+
+
+@pytest.fixture(scope="module")
+def scaling(tiny_model: Path) -> RopeScaling:
+    """A 1k scaling whose short factors differ from its long ones: written as transformers' longrope."""
+    _, layout = load_layout(str(tiny_model))
+    long = METHODS.get("yarn")(layout, TARGET)
+    return dataclasses.replace(long, short_factors=tuple(1.0 + 0.05 * i for i in range(layout.pairs)))
+
+
+@pytest.fixture(scope="module")
+def factors(scaling: RopeScaling, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("positions") / "longrope-1k.yaml"
+    scaling.save(path)
+    return path
+
+
+def test_skipped_window_spans_the_target_in_two_chunks_deterministically() -> None:
+    plan = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, seed=3)
+    lasts, splits = set(), set()
+    for sample in range(200):
+        ids = plan.positions(sample)
+        assert ids.shape == (TRAIN_LENGTH,) and ids.dtype == np.int64
+        steps = np.diff(ids)
+        jumps = np.flatnonzero(steps != 1)
+        # two chunks of consecutive ids: the first from 0, the second shifted up by one skip
+        assert ids[0] == 0 and len(jumps) <= 1 and (steps >= 1).all()
+        assert ORIGINAL_CONTEXT <= ids[-1] <= TARGET - 1  # past the original length: longrope's long factors
+        lasts.add(int(ids[-1]))
+        splits.add(int(jumps[0]) if len(jumps) else -1)
+        np.testing.assert_array_equal(
+            ids, PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, seed=3).positions(sample)
+        )
+    assert len(lasts) > 50 and len(splits) > 50  # skips and split points vary from window to window
+    assert max(lasts) > TARGET - 100
+    other = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, seed=4)
+    assert any((other.positions(k) != plan.positions(k)).any() for k in range(5))
+    np.testing.assert_array_equal(plan.batch(7, 3), np.stack([plan.positions(k) for k in (7, 8, 9)]))
+
+
+def test_short_share_is_honoured_and_short_windows_keep_plain_positions() -> None:
+    plan = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, short_share=0.3, seed=0)
+    short = [plan.is_short(k) for k in range(4000)]
+    assert abs(np.mean(short) - 0.3) < 0.03
+    for k in range(200):
+        ids = plan.positions(k)
+        if short[k]:
+            np.testing.assert_array_equal(ids, np.arange(TRAIN_LENGTH))
+        else:
+            assert ids[-1] >= ORIGINAL_CONTEXT
+    plain = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT)
+    assert not plain.active and not any(plain.is_short(k) for k in range(100))
+    np.testing.assert_array_equal(plain.positions(5), np.arange(TRAIN_LENGTH))
+
+
+def _expected_cos(scaling: RopeScaling, factors: tuple[float, ...], ids: np.ndarray) -> torch.Tensor:
+    exponents = torch.arange(0, scaling.rotary_dim, 2, dtype=torch.float32) / scaling.rotary_dim
+    inv_freq = 1.0 / (torch.tensor(factors) * scaling.rope_theta**exponents)
+    angles = torch.from_numpy(ids).float()[:, None] * inv_freq[None]
+    return torch.cat([angles, angles], dim=-1).cos()
+
+
+def test_rotary_module_uses_long_factors_for_skipped_windows(tiny_model: Path, scaling: RopeScaling) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    apply_scaling(model, scaling)
+    (_, rotary), *_ = rotary_modules(model)
+    plan = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, short_share=0.5, seed=1)
+    seen = {True: 0, False: 0}
+    x = torch.zeros(1, TRAIN_LENGTH, 8)
+    for sample in range(8):
+        ids = plan.positions(sample)
+        short = plan.is_short(sample)
+        seen[short] += 1
+        cos, _ = rotary(x, torch.from_numpy(ids)[None])
+        chosen = scaling.short_factors if short else scaling.factors
+        unchosen = scaling.factors if short else scaling.short_factors
+        got = cos[0] / cos[0, 0, 0]  # without longrope's attention factor (position 0: cos 0 = 1)
+        assert torch.allclose(got, _expected_cos(scaling, chosen, ids), atol=1e-4), (sample, short)
+        assert not torch.allclose(got, _expected_cos(scaling, unchosen, ids), atol=1e-2)
+    assert seen[True] and seen[False]
+
+
+def test_mixed_micro_batch_matches_each_window_alone(tiny_model: Path, scaling: RopeScaling) -> None:
+    # longrope picks one factor set per forward: a micro batch of a short and a long window must train
+    # each with its own factors, as if it were alone.
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    apply_scaling(model, scaling)
+    module = ChunkedLossModel(model, chunk_tokens=64, original=ORIGINAL_CONTEXT)
+    ids = torch.randint(0, model.config.vocab_size, (2, TRAIN_LENGTH))
+    plan = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, seed=0)
+    positions = torch.stack([torch.arange(TRAIN_LENGTH), torch.from_numpy(plan.positions(0))])
+    with torch.no_grad():
+        together = module(ids, positions).item()
+        alone = [causal_lm_loss(model, ids[i : i + 1], 64, positions[i : i + 1]).item() for i in range(2)]
+        one_forward = causal_lm_loss(model, ids, 64, positions).item()
+    assert together == pytest.approx(sum(alone) / 2, rel=1e-5)
+    # and not what one forward of both rows (long factors for both) would give
+    assert together != pytest.approx(one_forward, rel=1e-4)
+
+
+def _finetune(model: Path, corpus: Path, factors: Path, out: Path, steps: int, *extra: str | Path) -> list:
+    return [
+        "finetune", "--model", model, "--factors", factors, "--corpus", corpus, "--train-length", str(TRAIN_LENGTH),
+        "--steps", str(steps), "--lr", "1e-3", "--out", out, *extra,
+    ]  # fmt: skip
+
+
+MODES = {
+    "position-skip": ("--position-skip", "1k"),
+    "mixed": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256"),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_loss_falls_and_resume_is_bit_identical(
+    mode: str, tiny_model: Path, corpus_files: CorpusFiles, factors: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    base = _finetune(tiny_model, corpus_files.folder, factors, tmp_path, STEPS)  # --out last: replaced below
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # the straight run and the interrupted chain side by side (one per core)
+        straight_job = pool.submit(run_cli_subprocess, *base[:-1], tmp_path / "straight", *MODES[mode])
+        chain = [
+            run_cli_subprocess(
+                *base[:-1], tmp_path / "resumed", *MODES[mode], "--steps", str(HALF), "--save-every", "4"
+            )
+        ]
+        chain.append(run_cli_subprocess(*base[:-1], tmp_path / "resumed", *MODES[mode], "--resume"))
+        straight = straight_job.result()
+    for result in (straight, *chain):
+        assert_ok(result)
+    metrics = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics]
+    assert len(losses) == STEPS and np.mean(losses[:3]) > np.mean(losses[-3:]) + 0.1, losses
+    assert all(m["position_skip"] == TARGET for m in metrics)
+    windows = sum(m["windows"] for m in metrics)
+    short = sum(m["short_windows"] for m in metrics)
+    assert (short == 0) if mode == "position-skip" else (0 < short < windows), (short, windows)
+    resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in resumed] == pytest.approx(losses, rel=1e-5)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    provenance = (tmp_path / "straight" / "rope_scaling.yaml").read_text()
+    assert "position_skip: 1024" in provenance
+    assert ("short_share: 0.5" in provenance) == (mode == "mixed")
+
+
+BAD = {
+    "target below the train length": (["--position-skip", "64"], ("--position-skip 64 is below --train-length 128",)),
+    "target within the original length": (["--position-skip", "200"], ("within the model's original length 256",)),
+    "target above the scaling": (["--position-skip", "2k"], ("above the scaling's max_position_embeddings 1024",)),
+    "share of 1": (["--position-skip", "1k", "--short-share", "1"], ("--short-share must be in [0, 1)",)),
+    "negative share": (["--position-skip", "1k", "--short-share", "-0.1"], ("--short-share must be in [0, 1)",)),
+    "share without skip": (["--short-share", "0.2"], ("--short-share needs --position-skip TARGET",)),
+    "share with long windows": (
+        ["--position-skip", "1k", "--short-share", "0.2", "--train-length", "512"],
+        ("--train-length 512 is longer",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_position_options_are_one_clean_line(
+    case: str, tiny_model: Path, corpus_files: CorpusFiles, factors: Path, tmp_path: Path
+) -> None:
+    extra, fragments = BAD[case]
+    out = tmp_path / "out"
+    result = run_cli(*_finetune(tiny_model, corpus_files.folder, factors, out, 3), *extra)
+    assert_clean_error(result, *fragments)
+    assert not out.exists()
