@@ -407,7 +407,11 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
     _enable_activation_checkpointing(model)
     model.config.use_cache = False  # no KV cache while training (and no warning about it per step)
     original = plan.scaling.original_max_position_embeddings if plan.positions.active else None
-    module = ChunkedLossModel(model, request.chunk_tokens, original)
+    # Short windows of a scaling without short factors train with the original RoPE (docs/finetune.md).
+    short_rope = None
+    if plan.positions.short_share > 0 and plan.scaling.short_factors is None:
+        short_rope = (plan.scaling.rope_theta, plan.scaling.rotary_dim)
+    module = ChunkedLossModel(model, request.chunk_tokens, original, short_rope)
     engine, *_ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config
     )

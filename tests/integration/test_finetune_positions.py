@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from ropext.methods import METHODS
-from ropext.model.apply import apply_scaling, rotary_modules
+from ropext.model.apply import apply_scaling, rotary_modules, verify_scaling
 from ropext.model.loading import load_layout
 from ropext.scaling import RopeScaling
 from ropext.train.data import PositionPlan
@@ -143,7 +143,13 @@ def _finetune(model: Path, corpus: Path, factors: Path, out: Path, steps: int, *
 MODES = {
     "position-skip": ("--position-skip", "1k"),
     "mixed": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256"),
+    # YaRN has no short factors: its short windows train with the original RoPE
+    "mixed without short factors": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256", "YARN"),
 }
+
+
+def _args(mode: str) -> tuple[str, ...]:
+    return tuple(a for a in MODES[mode] if a != "YARN")
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -152,16 +158,20 @@ def test_loss_falls_and_resume_is_bit_identical(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    if MODES[mode][-1] == "YARN":
+        _, layout = load_layout(str(tiny_model))
+        factors = tmp_path / "yarn-1k.yaml"
+        METHODS.get("yarn")(layout, TARGET).save(factors)
     base = _finetune(tiny_model, corpus_files.folder, factors, tmp_path, STEPS)  # --out last: replaced below
     with ThreadPoolExecutor(max_workers=2) as pool:
         # the straight run and the interrupted chain side by side (one per core)
-        straight_job = pool.submit(run_cli_subprocess, *base[:-1], tmp_path / "straight", *MODES[mode])
+        straight_job = pool.submit(run_cli_subprocess, *base[:-1], tmp_path / "straight", *_args(mode))
         chain = [
             run_cli_subprocess(
-                *base[:-1], tmp_path / "resumed", *MODES[mode], "--steps", str(HALF), "--save-every", "4"
+                *base[:-1], tmp_path / "resumed", *_args(mode), "--steps", str(HALF), "--save-every", "4"
             )
         ]
-        chain.append(run_cli_subprocess(*base[:-1], tmp_path / "resumed", *MODES[mode], "--resume"))
+        chain.append(run_cli_subprocess(*base[:-1], tmp_path / "resumed", *_args(mode), "--resume"))
         straight = straight_job.result()
     for result in (straight, *chain):
         assert_ok(result)
@@ -179,7 +189,7 @@ def test_loss_falls_and_resume_is_bit_identical(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     provenance = (tmp_path / "straight" / "rope_scaling.yaml").read_text()
     assert "position_skip: 1024" in provenance
-    assert ("short_share: 0.5" in provenance) == (mode == "mixed")
+    assert ("short_share: 0.5" in provenance) == ("--short-share" in MODES[mode])
 
 
 BAD = {
@@ -205,3 +215,28 @@ def test_bad_position_options_are_one_clean_line(
     result = run_cli(*_finetune(tiny_model, corpus_files.folder, factors, out, 3), *extra)
     assert_clean_error(result, *fragments)
     assert not out.exists()
+
+
+def test_short_windows_of_a_scaling_without_short_factors_train_with_the_original_rope(tiny_model: Path) -> None:
+    _, layout = load_layout(str(tiny_model))
+    yarn = METHODS.get("yarn")(layout, TARGET)
+    assert yarn.short_factors is None
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    scaled = apply_scaling(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), yarn)
+    module = ChunkedLossModel(scaled, 64, ORIGINAL_CONTEXT, (yarn.rope_theta, yarn.rotary_dim))
+    ids = torch.randint(0, plain.config.vocab_size, (2, TRAIN_LENGTH), generator=torch.Generator().manual_seed(0))
+    short = torch.arange(TRAIN_LENGTH).expand(2, -1)
+    long = torch.from_numpy(PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET).batch(0, 2))
+    with torch.no_grad():
+        original = causal_lm_loss(plain, ids, 64).item()
+        scaled_short = causal_lm_loss(scaled, ids, 64, short).item()
+        assert module(ids, short).item() == pytest.approx(original, rel=1e-5)
+        assert scaled_short != pytest.approx(original, rel=1e-4)  # yarn's own frequencies differ
+        # long windows keep the scaling, and the block restored it: verify_scaling and the loss agree
+        assert module(ids, long).item() == pytest.approx(causal_lm_loss(scaled, ids, 64, long).item(), rel=1e-6)
+        mixed = torch.stack([short[0], long[1]])
+        expected = (
+            causal_lm_loss(plain, ids[:1], 64).item() + causal_lm_loss(scaled, ids[1:], 64, long[1:]).item()
+        ) / 2
+        assert module(ids, mixed).item() == pytest.approx(expected, rel=1e-5)
+    verify_scaling(scaled, yarn)
