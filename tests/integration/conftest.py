@@ -177,3 +177,19 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     return tmp_path_factory.mktemp("smollm2-cache")
+
+
+@pytest.fixture(scope="module")
+def pristine(tiny_model: Path):  # -> transformers.LlamaForCausalLM
+    """The tiny Llama as transformers loads it (float32, CPU, SDPA); tests that change it use deep copies."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
+
+
+@pytest.fixture(scope="module")
+def layout(pristine, tiny_model: Path):  # -> ropext.model.layout.RotaryLayout
+    from ropext.model.layout import read_layout
+
+    return read_layout(pristine.config, name=str(tiny_model))

@@ -19,7 +19,7 @@ from ropext.errors import RopextError
 from ropext.evaluate.nll import summed_nll
 from ropext.methods import METHODS
 from ropext.model.apply import apply_scaling
-from ropext.model.layout import RotaryLayout, read_layout
+from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling
 from ropext.search.engine import EngineOptions, PerplexityEngine, frequencies_key
 from ropext.search.journal import Journal
@@ -32,19 +32,6 @@ CANDIDATES_PER_BATCH = 3
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def pristine(tiny_model: Path) -> Any:
-    """The tiny Llama as transformers loads it (float32, CPU, SDPA); tests use deep copies."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
-
-
-@pytest.fixture(scope="module")
-def layout(pristine: Any, tiny_model: Path) -> RotaryLayout:
-    return read_layout(pristine.config, name=str(tiny_model))
 
 
 @pytest.fixture(scope="module")

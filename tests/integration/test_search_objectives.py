@@ -18,7 +18,7 @@ from integration_support import CorpusFiles, assert_clean_error, assert_ok, run_
 
 from ropext.data.tokenized import encode
 from ropext.methods import METHODS
-from ropext.model.layout import RotaryLayout, read_layout
+from ropext.model.layout import RotaryLayout
 from ropext.scaling import RopeScaling
 from ropext.search.engine import EngineOptions, PerplexityEngine
 from ropext.search.objectives import (
@@ -33,18 +33,6 @@ from ropext.search.objectives import (
 
 WINDOW = 512
 WINDOWS = 3
-
-
-@pytest.fixture(scope="module")
-def pristine(tiny_model: Path) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
-
-
-@pytest.fixture(scope="module")
-def layout(pristine: Any, tiny_model: Path) -> RotaryLayout:
-    return read_layout(pristine.config, name=str(tiny_model))
 
 
 @pytest.fixture(scope="module")
