@@ -10,12 +10,13 @@ documents (which decides how they are packed) and the order of the windows, with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ropext.data.tokenized import TokenizedCorpus
 from ropext.errors import RopextError
+from ropext.scaling import RopeScaling
 
 
 def training_documents(corpus: TokenizedCorpus, skip_docs: int = 0, skip_length: int = 1) -> np.ndarray:
@@ -212,3 +213,20 @@ def check_positions(length: int, original: int, target_length: int, target: int 
             f"--short-share trains windows at positions within the original length {original}, but --train-length "
             f"{length} is longer; use --train-length {original} or less"
         )
+
+
+def with_short_regime(scaling: RopeScaling) -> RopeScaling:
+    """The scaling mixed training trains and saves: its own short factors, else the original frequencies.
+
+    Short windows must train with exactly what the saved model runs on inputs within the original
+    length, and that is what transformers' ``longrope`` runs there: ``short_factor`` and the one
+    ``attention_factor`` it has for both regimes. A scaling without short factors would run its long
+    factors there, so mixed windows would teach nothing a plain run does not; it gets factors of 1 (the
+    frequencies the model was pre-trained with), written into the saved ``rope_scaling.yaml`` and config.
+    """
+    if scaling.short_factors is not None or scaling.is_dynamic:  # dynamic NTK is the original within L0
+        return scaling
+    return replace(scaling, short_factors=(1.0,) * len(scaling.factors)).with_provenance(
+        short_factors="original frequencies, set by finetune --short-share"
+    )
+

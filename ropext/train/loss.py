@@ -9,8 +9,6 @@ recomputes one chunk's logits at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -58,38 +56,6 @@ def causal_lm_loss(
     return total / (rows * (length - 1))
 
 
-@contextmanager
-def original_rope(model: nn.Module, rope_theta: float, rotary_dim: int) -> Iterator[None]:
-    """The model's original RoPE (un-scaled frequencies, no attention factor) inside the block.
-
-    Mixed training gives short windows the short factors; a scaling without short factors has none to
-    give, so its short windows train with the frequencies the model was pre-trained with. Buffers are
-    overwritten in place (every copy a rotary type keeps: longrope and dynamic types restore
-    ``original_inv_freq`` on each forward) and restored afterwards. cos/sin are computed once per forward
-    and handed to the layers, so activation checkpointing's recomputation sees the same values.
-    """
-    from ropext.model.rotary import inner_rotary, rotary_modules
-    from ropext.scaling import original_inv_freq
-
-    saved = []
-    for _, module in rotary_modules(model):
-        rotary = inner_rotary(module)
-        buffers = [getattr(rotary, n) for n in ("inv_freq", "original_inv_freq") if hasattr(rotary, n)]
-        saved.append((rotary, [b.clone() for b in buffers], buffers, getattr(rotary, "attention_scaling", None)))
-        for buffer in buffers:
-            buffer.copy_(original_inv_freq(rope_theta, rotary_dim, buffer.device))
-        if hasattr(rotary, "attention_scaling"):
-            rotary.attention_scaling = 1.0
-    try:
-        yield
-    finally:
-        for rotary, copies, buffers, attention in saved:
-            for buffer, copy in zip(buffers, copies, strict=True):
-                buffer.copy_(copy)
-            if attention is not None:
-                rotary.attention_scaling = attention
-
-
 class ChunkedLossModel(nn.Module):
     """A causal LM whose ``forward(input_ids)`` returns `causal_lm_loss`: the module DeepSpeed trains.
 
@@ -102,16 +68,12 @@ class ChunkedLossModel(nn.Module):
         model: nn.Module,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         original: int | None = None,
-        short_rope: tuple[float, int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.original = original
         """The original context length: rows with position ids past it use longrope's long factors."""
-        self.short_rope = short_rope
-        """(rope_theta, rotary_dim): rows within ``original`` train with the original RoPE (a scaling
-        without short factors); None: with the scaling's own short frequencies."""
 
     @property
     def config(self) -> Any:
@@ -126,17 +88,13 @@ class ChunkedLossModel(nn.Module):
         if bool(long.all()):
             return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
         if not bool(long.any()):
-            return self._short_loss(input_ids, position_ids)
+            return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
         total = input_ids.new_zeros((), dtype=torch.float32)
         short = ~long
-        total = total + self._short_loss(input_ids[short], position_ids[short]) * int(short.sum())
+        total = total + causal_lm_loss(self.model, input_ids[short], self.chunk_tokens, position_ids[short]) * int(
+            short.sum()
+        )
         total = total + causal_lm_loss(self.model, input_ids[long], self.chunk_tokens, position_ids[long]) * int(
             long.sum()
         )
         return total / input_ids.shape[0]
-
-    def _short_loss(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        if self.short_rope is None:
-            return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
-        with original_rope(self.model, *self.short_rope):
-            return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)

@@ -41,7 +41,14 @@ from ropext.permissions import follow_umask
 from ropext.progress import ProgressDisplay
 from ropext.scaling import RopeScaling, write_text_atomic
 from ropext.train import config as ds_config
-from ropext.train.data import PackedWindows, PositionPlan, check_fills, check_positions, training_documents
+from ropext.train.data import (
+    PackedWindows,
+    PositionPlan,
+    check_fills,
+    check_positions,
+    training_documents,
+    with_short_regime,
+)
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -185,6 +192,8 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     check_positions(
         request.train_length, original, scaling.max_position_embeddings, request.position_skip, request.short_share
     )
+    if request.short_share > 0:
+        scaling = with_short_regime(scaling)
     if request.init == "pretrained":
         _check_weights(source)
     resume_tag, resume_state = _check_out(request, world_size)
@@ -407,11 +416,7 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
     _enable_activation_checkpointing(model)
     model.config.use_cache = False  # no KV cache while training (and no warning about it per step)
     original = plan.scaling.original_max_position_embeddings if plan.positions.active else None
-    # Short windows of a scaling without short factors train with the original RoPE (docs/finetune.md).
-    short_rope = None
-    if plan.positions.short_share > 0 and plan.scaling.short_factors is None:
-        short_rope = (plan.scaling.rope_theta, plan.scaling.rotary_dim)
-    module = ChunkedLossModel(model, request.chunk_tokens, original, short_rope)
+    module = ChunkedLossModel(model, request.chunk_tokens, original)
     engine, *_ = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config
     )

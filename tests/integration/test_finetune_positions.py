@@ -27,7 +27,7 @@ from ropext.methods import METHODS
 from ropext.model.apply import apply_scaling, rotary_modules, verify_scaling
 from ropext.model.loading import load_layout
 from ropext.scaling import RopeScaling
-from ropext.train.data import PositionPlan
+from ropext.train.data import PositionPlan, with_short_regime
 from ropext.train.loss import ChunkedLossModel, causal_lm_loss
 
 TRAIN_LENGTH, TARGET = 128, 1024
@@ -143,7 +143,7 @@ def _finetune(model: Path, corpus: Path, factors: Path, out: Path, steps: int, *
 MODES = {
     "position-skip": ("--position-skip", "1k"),
     "mixed": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256"),
-    # YaRN has no short factors: its short windows train with the original RoPE
+    # YaRN has no short factors: mixed training gives it the original frequencies as its short regime
     "mixed without short factors": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256", "YARN"),
 }
 
@@ -190,6 +190,12 @@ def test_loss_falls_and_resume_is_bit_identical(
     provenance = (tmp_path / "straight" / "rope_scaling.yaml").read_text()
     assert "position_skip: 1024" in provenance
     assert ("short_share: 0.5" in provenance) == ("--short-share" in MODES[mode])
+    saved = RopeScaling.load(tmp_path / "straight" / "rope_scaling.yaml")
+    if MODES[mode][-1] == "YARN":  # mixed windows gave YaRN the original frequencies as its short regime
+        assert saved.short_factors == (1.0,) * len(saved.factors)
+    config = json.loads((tmp_path / "straight" / "config.json").read_text())
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    assert rope["short_factor"] == list(saved.short_factors or saved.factors)
 
 
 BAD = {
@@ -217,26 +223,38 @@ def test_bad_position_options_are_one_clean_line(
     assert not out.exists()
 
 
-def test_short_windows_of_a_scaling_without_short_factors_train_with_the_original_rope(tiny_model: Path) -> None:
+def test_short_windows_of_a_scaling_without_short_factors_train_as_transformers_runs_the_saved_model(
+    tiny_model: Path,
+) -> None:
+    """Mixed training gives YaRN short factors of 1; short windows then see the original frequencies with
+    the scaling's one attention factor, exactly what transformers' longrope runs on short inputs."""
     _, layout = load_layout(str(tiny_model))
     yarn = METHODS.get("yarn")(layout, TARGET)
-    assert yarn.short_factors is None
+    assert yarn.short_factors is None and yarn.attention_factor > 1
+    mixed = with_short_regime(yarn)
+    assert mixed.short_factors == (1.0,) * len(yarn.factors)
+    assert mixed.factors == yarn.factors and mixed.attention_factor == yarn.attention_factor
+    assert with_short_regime(mixed) is mixed
+    scaled = apply_scaling(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), mixed)
+    # The original frequencies with the attention factor: what the short regime must equal.
+    unstretched = dataclasses.replace(yarn, factors=(1.0,) * len(yarn.factors))
+    reference = apply_scaling(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), unstretched)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    scaled = apply_scaling(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), yarn)
-    module = ChunkedLossModel(scaled, 64, ORIGINAL_CONTEXT, (yarn.rope_theta, yarn.rotary_dim))
+    module = ChunkedLossModel(scaled, 64, ORIGINAL_CONTEXT)
     ids = torch.randint(0, plain.config.vocab_size, (2, TRAIN_LENGTH), generator=torch.Generator().manual_seed(0))
     short = torch.arange(TRAIN_LENGTH).expand(2, -1)
     long = torch.from_numpy(PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET).batch(0, 2))
     with torch.no_grad():
-        original = causal_lm_loss(plain, ids, 64).item()
-        scaled_short = causal_lm_loss(scaled, ids, 64, short).item()
-        assert module(ids, short).item() == pytest.approx(original, rel=1e-5)
-        assert scaled_short != pytest.approx(original, rel=1e-4)  # yarn's own frequencies differ
-        # long windows keep the scaling, and the block restored it: verify_scaling and the loss agree
-        assert module(ids, long).item() == pytest.approx(causal_lm_loss(scaled, ids, 64, long).item(), rel=1e-6)
-        mixed = torch.stack([short[0], long[1]])
+        expected_short = causal_lm_loss(reference, ids, 64).item()
+        assert module(ids, short).item() == pytest.approx(expected_short, rel=1e-5)
+        assert expected_short != pytest.approx(causal_lm_loss(plain, ids, 64).item(), rel=1e-4)  # the factor acts
+        # long windows use the long factors: equal to YaRN's own model on them
+        yarn_model = apply_scaling(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), yarn)
+        expected_long = causal_lm_loss(yarn_model, ids, 64, long).item()
+        assert module(ids, long).item() == pytest.approx(expected_long, rel=1e-5)
+        both = torch.stack([short[0], long[1]])
         expected = (
-            causal_lm_loss(plain, ids[:1], 64).item() + causal_lm_loss(scaled, ids[1:], 64, long[1:]).item()
+            causal_lm_loss(reference, ids[:1], 64).item() + causal_lm_loss(yarn_model, ids[1:], 64, long[1:]).item()
         ) / 2
-        assert module(ids, mixed).item() == pytest.approx(expected, rel=1e-5)
-    verify_scaling(scaled, yarn)
+        assert module(ids, both).item() == pytest.approx(expected, rel=1e-5)
+    verify_scaling(scaled, mixed)
