@@ -13,6 +13,7 @@ from ropext import __version__
 from ropext.commands.common import console
 from ropext.commands.options import DtypeOption, ModelOption, ParamOption
 from ropext.errors import Interrupted, RopextError
+from ropext.search.racing import DEFAULT_MARGIN, RACE_BY_DEFAULT
 
 
 def search(
@@ -52,6 +53,17 @@ def search(
     objective: Annotated[
         str, typer.Option(help="Searchers: what scores a candidate: ppl, needle or a plugin's (see `ropext ls`).")
     ] = "ppl",
+    race: Annotated[
+        bool,
+        typer.Option(
+            help="Searchers: stop scoring a candidate once its first windows show it cannot beat the one it "
+            "must beat (--no-race: every candidate on every window)."
+        ),
+    ] = RACE_BY_DEFAULT,
+    race_margin: Annotated[
+        float,
+        typer.Option(help="Searchers: nats per scored token a candidate may trail by on its first windows."),
+    ] = DEFAULT_MARGIN,
 ) -> None:
     """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
     from ropext.lengths import parse_length
@@ -105,6 +117,8 @@ def search(
             critical_floor=critical_floor,
             engine=EngineOptions(max_batch_tokens=max_batch_tokens, sdpa_backend=sdpa_backend),
             objective=OBJECTIVES.canonical(objective),  # unknown: one line with the known names, nothing loaded
+            race=race,
+            race_margin=race_margin,
         )
         _run_searcher(request, out, journal)
         return
@@ -153,10 +167,13 @@ def _run_searcher(request, out: Path, journal: Path) -> None:
             ) from None
     scaling.save(out)
     prov = scaling.provenance
+    raced = prov.get("racing")
     typer.echo(
         f"wrote {out}: {request.searcher} for {request.model}, best perplexity {prov['score']:.4f} after "
-        f"{prov['evaluations']} evaluations ({prov['replayed_evaluations']} replayed from {journal}), "
-        f"{prov['seconds']:.0f} s" + (" (stopped at --budget)" if prov["stopped_by_budget"] else "")
+        f"{prov['evaluations']} evaluations ({prov['replayed_evaluations']} replayed from {journal}"
+        + (f", {raced['raced_out']} raced out" if raced else "")
+        + f"), {prov['seconds']:.0f} s"
+        + (" (stopped at --budget)" if prov["stopped_by_budget"] else "")
     )
 
 

@@ -23,7 +23,16 @@ class Candidate:
         return digest.hexdigest()[:24]
 
 
-Objective = Callable[[Sequence[Candidate]], list[float]]
+class Objective(Protocol):
+    """What a searcher calls: scores of the candidates, lower is better.
+
+    ``bound`` (optional) is an already scored candidate the call's candidates must beat to matter to the
+    searcher (DCIS: the incumbent). An objective that races (``ropext.search.racing``) may then stop
+    scoring a candidate that clearly cannot beat it and return ``math.inf`` for it; a searcher must
+    treat such a score as "worse than the bound", never as a measurement.
+    """
+
+    def __call__(self, candidates: Sequence[Candidate], bound: Candidate | None = None) -> list[float]: ...
 
 
 @dataclass(frozen=True)

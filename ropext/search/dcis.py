@@ -133,7 +133,8 @@ class Dcis:
                     for i in range(start, stop):
                         factors[i] = min(max(factors[i] + v, lows[i]), high)
                     proposals.append(Candidate(tuple(factors)))
-                scores = objective(proposals)
+                # Only a proposal better than the incumbent matters: the incumbent is the bound.
+                scores = objective(proposals, bound=current)
                 requested += len(proposals)
                 best, best_score = best_of(proposals, scores)
                 if best_score < score:

@@ -8,12 +8,15 @@
   chosen for the hardware (``sdpa_backend``).
 - A candidate is never scored twice: scores are cached by content hash (`frequencies_key`).
 - Several GPUs each take whole batches; each GPU holds its own copy of the (small) model.
+- With racing (``ropext.search.racing``), a call may name a bound: windows are scored in stages and a
+  candidate clearly worse than the bound's candidate on the windows seen so far stops there.
 - An objective may score only each window's last tokens (``answer_lengths``: the needle objective),
   alone or mixed with every token's loss (``mix_weight``); see ``ropext.search.objectives``.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -28,6 +31,7 @@ from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
 from ropext.model.sdpa import sdpa_context
 from ropext.scaling import RopeScaling
 from ropext.search.batched_rotary import install_batched_rotary
+from ropext.search.racing import Racing, Scoring, stages
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,14 @@ class EngineOptions:
     or ``default`` (PyTorch's own choice)."""
 
 
+@dataclass(frozen=True)
+class WindowValues:
+    """A candidate's NLL summed per window, in window order (and every next token's, for a mix)."""
+
+    nll: tuple[float, ...]
+    whole: tuple[float, ...] | None = None
+
+
 class PerplexityEngine:
     """``engine(scalings) -> perplexities`` over fixed windows, for one or more model replicas."""
 
@@ -54,6 +66,7 @@ class PerplexityEngine:
         options: EngineOptions = EngineOptions(),
         answer_lengths: Sequence[int] | None = None,
         mix_weight: float | None = None,
+        racing: Racing | None = None,
     ) -> None:
         if windows.dim() != 2 or windows.shape[1] < 2:
             raise ValueError(f"windows must be [count, length >= 2], got {tuple(windows.shape)}")
@@ -70,7 +83,10 @@ class PerplexityEngine:
         """With answer_lengths: score exp((1 - w) · mean NLL of every token + w · mean NLL of the answers)."""
         """Per window, how many trailing tokens are scored (the needle objective); None: every next token."""
         fits = max(1, options.max_batch_tokens // self.length)
-        usual_rows = windows.shape[0] * options.candidates_per_batch
+        # Racing scores a call window by window (its first stage: one window per candidate), so its usual
+        # call is that stage: a batch shape sized for every window would pad the small stages to a whole
+        # evaluation's cost. Without racing the shape is the one used before racing existed.
+        usual_rows = (1 if racing is not None else windows.shape[0]) * options.candidates_per_batch
         # Split the usual call's rows into equal batches under the cap, so it needs no padding.
         batches = math.ceil(usual_rows / fits)
         self.rows_per_batch = max(1, math.ceil(usual_rows / batches))
@@ -82,51 +98,112 @@ class PerplexityEngine:
         world = joined_world()
         self.rank, self.world = world.rank, world.size
         self.cache: dict[str, float] = {}
+        self.window_values: dict[str, WindowValues] = {}
+        """Per candidate, its windows' NLL sums (a raced-out one: those it was scored on): racing's references."""
+        self.raced: dict[str, int] = {}
+        """Raced-out candidates and how many windows each was scored on."""
+        self.racing = racing
+        self.scoring = Scoring(self.length - 1, answer_lengths, mix_weight)
         self.evaluations = 0
         self.on_result: Callable[[str, RopeScaling, float], None] | None = None
         """Called as soon as each new candidate is scored (the search journal appends it there)."""
 
-    def __call__(self, scalings: Sequence[RopeScaling], keys: Sequence[str] | None = None) -> list[float]:
+    def __call__(
+        self, scalings: Sequence[RopeScaling], keys: Sequence[str] | None = None, bound: str | None = None
+    ) -> list[float]:
+        """Scores of ``scalings``; with racing, ``bound`` is the key of the scored candidate they must beat
+        (raced-out candidates score ``math.inf``)."""
         keys = list(keys) if keys is not None else [frequencies_key(s) for s in scalings]
         todo = {}
         for key, scaling in zip(keys, scalings, strict=True):
             if key not in self.cache and key not in todo:
                 todo[key] = scaling
         if todo:
-            self.cache.update(self._score(list(todo.items())))
+            self.cache.update(self._score(list(todo.items()), self._reference(bound)))
             self.evaluations += len(todo)
         return [self.cache[key] for key in keys]
 
+    def _reference(self, bound: str | None) -> WindowValues | None:
+        """The bound's per-window values, when racing is on and they exist (a journal from before racing,
+        or a raced-out bound, has none: that call is not raced)."""
+        if self.racing is None or bound is None or bound in self.raced:
+            return None
+        values = self.window_values.get(bound)
+        return values if values is not None and len(values.nll) == self.windows.shape[0] else None
+
     # ---------------------------------------------------------------- scoring
-    def _score(self, items: list[tuple[str, RopeScaling]]) -> dict[str, float]:
+    def _score(self, items: list[tuple[str, RopeScaling]], reference: WindowValues | None) -> dict[str, float]:
         count = self.windows.shape[0]
-        rows = [(c, w) for c in range(len(items)) for w in range(count)]
+        mixed = self.mix_weight is not None
+        nll = [[0.0] * count for _ in items]
+        whole = [[0.0] * count for _ in items]  # every next token's NLL, for a mix
+        scores: dict[str, float] = {}
+
+        def finish(c: int) -> None:
+            key, scaling = items[c]
+            # Summed in window order, whichever device or process scored each window: identical results.
+            values = WindowValues(tuple(nll[c]), tuple(whole[c]) if mixed else None)
+            self.window_values[key] = values
+            scores[key] = math.exp(self.scoring.log_score(values.nll, values.whole))
+            if self.on_result is not None:
+                self.on_result(key, scaling, scores[key])
+
+        def race_out(c: int, seen: int) -> None:
+            key, scaling = items[c]
+            self.window_values[key] = WindowValues(tuple(nll[c][:seen]), tuple(whole[c][:seen]) if mixed else None)
+            self.raced[key] = seen
+            scores[key] = math.inf
+            if self.on_result is not None:
+                self.on_result(key, scaling, scores[key])
+
+        # Without a reference, one stage of every window: the engine as it was before racing.
+        schedule = stages(count) if reference is not None else [range(count)]
+        alive = list(range(len(items)))
+        for number, stage in enumerate(schedule):
+            last = number == len(schedule) - 1
+            rows = [(c, w) for c in alive for w in stage]
+            # Alone, a candidate is finished (and journaled) as soon as its last window is scored.
+            self._evaluate_rows(items, rows, nll, whole, finish if last and self.world == 1 else None)
+            if last:
+                if self.world > 1:
+                    for c in alive:
+                        finish(c)
+                break
+            assert self.racing is not None and reference is not None
+            # Decided on every window seen so far, all-reduced and summed in window order: every rank and
+            # every replica count decides the same.
+            seen = stage.stop
+            bar = self.scoring.log_score(reference.nll[:seen], reference.whole[:seen] if mixed else None)
+            survivors = []
+            for c in alive:
+                partial = self.scoring.log_score(nll[c][:seen], whole[c][:seen] if mixed else None)
+                if self.racing.drops(partial, bar):
+                    race_out(c, seen)
+                else:
+                    survivors.append(c)
+            alive = survivors
+            if not alive:
+                break
+        return scores
+
+    def _evaluate_rows(
+        self,
+        items: list[tuple[str, RopeScaling]],
+        rows: list[tuple[int, int]],
+        nll: list[list[float]],
+        whole: list[list[float]],
+        on_candidate: Callable[[int], None] | None,
+    ) -> None:
+        """Score the (candidate, window) ``rows`` into ``nll[c][w]`` (and ``whole``), over every replica and
+        process; ``on_candidate(c)`` once candidate c's rows are all done (one process only)."""
         batches = [
             list(range(i, min(i + self.rows_per_batch, len(rows)))) for i in range(0, len(rows), self.rows_per_batch)
         ]
         # Under torchrun every process takes every world-th batch; the threads of one process (one per
         # local replica) share its batches the same way.
         batches = batches[self.rank :: self.world]
-        row_nll = [0.0] * len(rows)
-        row_whole = [0.0] * len(rows)  # every next token's NLL, for a mix
-        rows_done = [0] * len(items)
-        predicted = self.length - 1
-        # Tokens scored per candidate: every next token of every window, or only the answers.
-        scored = predicted * count if self.answer_lengths is None else sum(self.answer_lengths)
-        scores: dict[str, float] = {}
+        pending = collections.Counter(c for c, _ in rows)
         lock = threading.Lock()
-
-        def finish(c: int) -> None:
-            # Summed in row order, whichever device or process scored each row: identical results.
-            total = sum(row_nll[c * count : (c + 1) * count])
-            key, scaling = items[c]
-            if self.mix_weight is None:
-                scores[key] = math.exp(total / scored)
-            else:
-                whole = sum(row_whole[c * count : (c + 1) * count]) / (predicted * count)
-                scores[key] = math.exp((1 - self.mix_weight) * whole + self.mix_weight * total / scored)
-            if self.on_result is not None:
-                self.on_result(key, scaling, scores[key])
 
         def work(replica_index: int) -> None:
             model, device, rotaries, windows = self.replicas[replica_index]
@@ -147,13 +224,13 @@ class PerplexityEngine:
                 values = totals.tolist()
                 with lock:
                     for i, (r, value) in enumerate(zip(batch, values, strict=False)):
-                        row_nll[r] = value
+                        c, w = rows[r]
+                        nll[c][w] = value
                         if self.mix_weight is not None:
-                            row_whole[r] = whole_values[i]
-                        c = rows[r][0]
-                        rows_done[c] += 1
-                        if rows_done[c] == count and self.world == 1:
-                            finish(c)
+                            whole[c][w] = whole_values[i]
+                        pending[c] -= 1
+                        if pending[c] == 0 and on_candidate is not None:
+                            on_candidate(c)
 
         if len(self.replicas) == 1:
             work(0)
@@ -178,12 +255,12 @@ class PerplexityEngine:
 
             # Each row was scored by exactly one process (zeros elsewhere): the sum is exact.
             device = self.replicas[0][1] if dist.get_backend() == "nccl" else "cpu"
-            gathered = torch.tensor(row_nll + row_whole, dtype=torch.float64, device=device)
+            flat = [nll[c][w] for c, w in rows] + [whole[c][w] for c, w in rows]
+            gathered = torch.tensor(flat, dtype=torch.float64, device=device)
             dist.all_reduce(gathered)
-            row_nll[:], row_whole[:] = gathered[: len(rows)].tolist(), gathered[len(rows) :].tolist()
-            for c in range(len(items)):
-                finish(c)
-        return scores
+            values = gathered.tolist()
+            for i, (c, w) in enumerate(rows):
+                nll[c][w], whole[c][w] = values[i], values[len(rows) + i]
 
     @staticmethod
     def _row_parameters(scaling: RopeScaling, device: str, length: int) -> tuple[torch.Tensor, float, int]:

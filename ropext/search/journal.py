@@ -1,15 +1,17 @@
 """The search journal: an append-only JSON-lines record of every evaluation, flushed as it happens.
 
 Line 1 names the search (model, corpus, windows, searcher, parameters, seed…); every further line is
-one scored candidate. Rerunning the same search replays the journal into the objective's cache; the
-searcher is deterministic for its seed, so it retraces its steps without evaluating anything again
-and continues where the interrupted run stopped. A journal of another search, or one damaged
-anywhere but its last line (which a kill can cut short), is refused.
+one scored candidate: its factors, its score (null for one raced out) and its NLL per window.
+Rerunning the same search replays the journal into the objective's cache; the searcher is
+deterministic for its seed, so it retraces its steps without evaluating anything again and continues
+where the interrupted run stopped. A journal of another search, or one damaged anywhere but its last
+line (which a kill can cut short), is refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -67,7 +69,8 @@ class Journal:
                 continue
             try:
                 entry = json.loads(line)
-                key, score = entry["key"], float(entry["score"])
+                # null: a candidate raced out before its score was known (``ropext.search.racing``).
+                key, score = entry["key"], math.inf if entry["score"] is None else float(entry["score"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise RopextError(
                     f"journal {self.path} is damaged at line {number}; move it away to start the search over"
@@ -93,7 +96,8 @@ class Journal:
     def append(self, key: str, record: dict[str, Any], score: float) -> None:
         entry = {"key": key, **record, "score": score}
         self.entries[key] = entry
-        self._write(entry)
+        # A raced-out candidate's inf is written as null: plain JSON, which every JSON reader takes.
+        self._write({**entry, "score": score if math.isfinite(score) else None})
 
     def close(self) -> None:
         self._handle.close()

@@ -101,11 +101,18 @@ class LongRope:
         choices = tuple(space.start_tokens_choices) if params.search_start_tokens else (0,)
         scores: dict[tuple[tuple[int, ...], int], float] = {}
 
-        def evaluate(individuals: list[tuple[tuple[int, ...], int]]) -> None:
+        def as_candidate(individual: tuple[tuple[int, ...], int]) -> Candidate:
+            return Candidate(tuple(grid.value(i) for i in individual[0]), individual[1])
+
+        def evaluate(
+            individuals: list[tuple[tuple[int, ...], int]], bound: tuple[tuple[int, ...], int] | None = None
+        ) -> None:
             fresh = [ind for ind in dict.fromkeys(individuals) if ind not in scores]
             if not fresh:
                 return
-            values = objective([Candidate(tuple(grid.value(i) for i in f), n) for f, n in fresh])
+            values = objective(
+                [as_candidate(ind) for ind in fresh], bound=as_candidate(bound) if bound is not None else None
+            )
             scores.update(zip(fresh, values, strict=True))
 
         def mutate(parent: tuple[tuple[int, ...], int]) -> tuple[tuple[int, ...], int] | None:
@@ -165,7 +172,9 @@ class LongRope:
                 child = crossover(first, second)
                 if child is not None and child not in children:
                     children.append(child)
-            evaluate(children)
+            # A child worse than the worst parent is outranked by all `parents` of them and never survives
+            # selection (with fewer parents than that, every child survives: no bound).
+            evaluate(children, bound=parents[-1] if len(parents) == params.parents else None)
             requested += len(children)
             population = parents + children
             best_history.append(min(scores[p] for p in population))

@@ -23,10 +23,11 @@ from ropext.model.loading import ModelSource, load_model, load_tokenizer, resolv
 from ropext.scaling import RopeScaling
 from ropext.search import SEARCHERS
 from ropext.search.base import FACTS, Candidate, SearchSpace
-from ropext.search.engine import EngineOptions, PerplexityEngine, frequencies_key
+from ropext.search.engine import EngineOptions, PerplexityEngine, WindowValues, frequencies_key
 from ropext.search.journal import Journal
 from ropext.search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES, ObjectiveWindows
 from ropext.search.objectives import search_windows as search_windows  # where callers (bench/) import it from
+from ropext.search.racing import DEFAULT_MARGIN, RACE_BY_DEFAULT, Racing
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ class SearchRequest:
     engine: EngineOptions = field(default_factory=EngineOptions)
     objective: str = "ppl"
     """What a candidate is scored by (``ropext.search.objectives``): ``ppl``, ``needle`` or a plugin's."""
+    race: bool = RACE_BY_DEFAULT
+    """Stop scoring a candidate once its first windows show it cannot beat the searcher's bound
+    (``ropext.search.racing``)."""
+    race_margin: float = DEFAULT_MARGIN
+    """Nats per scored token a candidate may trail the bound by on its first windows (with ``race``)."""
+
+    def racing(self) -> Racing | None:
+        return Racing(self.race_margin) if self.race else None
 
 
 def attention_factor(spec: str, scale: float, original: int) -> float:
@@ -158,6 +167,8 @@ def validate(request: SearchRequest, layout: RotaryLayout) -> SearchPlan:
     short = request.short_length is not None
     if short and request.short_length < 2:
         raise RopextError(f"--short-length must be at least 2 tokens, got {request.short_length}")
+    if not (math.isfinite(request.race_margin) and request.race_margin >= 0):
+        raise RopextError(f"--race-margin must be a number of nats >= 0, got {request.race_margin}")
     if request.skip_docs < 0:
         raise RopextError(f"--skip-docs must be 0 or more, got {request.skip_docs}")
     if short and request.short_length > layout.original_max_position_embeddings:
@@ -243,7 +254,9 @@ def perplexity_engine(
 ) -> PerplexityEngine:
     unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
     options = replace(request.engine, candidates_per_batch=plan.searcher.batch_hint(plan.params))
-    return PerplexityEngine(replicas, scored.ids, unscaled, options, scored.answer_lengths, scored.mix_weight)
+    return PerplexityEngine(
+        replicas, scored.ids, unscaled, options, scored.answer_lengths, scored.mix_weight, request.racing()
+    )
 
 
 class BudgetReached(Exception):
@@ -261,10 +274,11 @@ class BudgetedObjective:
         self.stopped = False
         """Whether the budget ended the search."""
 
-    def __call__(self, candidates: Sequence[Candidate]) -> list[float]:
+    def __call__(self, candidates: Sequence[Candidate], bound: Candidate | None = None) -> list[float]:
         engine = self.engine
         scalings = [self.to_scaling(c) for c in candidates]
         keys = [frequencies_key(s) for s in scalings]
+        bound_key = frequencies_key(self.to_scaling(bound)) if bound is not None else None
         self.seen.update(zip(keys, candidates, strict=True))
         if self.budget is not None:
             new = list(dict.fromkeys(k for k in keys if k not in engine.cache))
@@ -273,10 +287,10 @@ class BudgetedObjective:
                 # Spend the budget exactly: score the first candidates that fit, then stop.
                 chosen = {k: s for k, s in zip(keys, scalings, strict=True) if k in set(new[: max(room, 0)])}
                 if chosen:
-                    engine(list(chosen.values()), list(chosen))
+                    engine(list(chosen.values()), list(chosen), bound_key)
                 self.stopped = True
                 raise BudgetReached
-        return engine(scalings, keys)
+        return engine(scalings, keys, bound_key)
 
     def best_scored(self) -> tuple[Candidate, float]:
         """The best candidate scored so far (lowest score, then lowest key)."""
@@ -314,17 +328,32 @@ def journal_identity(
     if space.floors is not None:
         # Only when on: journals written before the floor existed resume under --no-critical-floor.
         identity["critical_floor"] = True
+    racing = request.racing()
+    if racing is not None:
+        # Only when on: journals written before racing existed resume under --no-race. A raced journal
+        # holds raced-out candidates (and a plain one full scores racing would not have computed), so
+        # resuming either under the other setting would not retrace the same search.
+        identity["racing"] = racing.identity()
     return identity
 
 
 def replay_journal(engine: PerplexityEngine, journal: Journal | None, world: World) -> float:
     """Fill the engine's cache with the journal's scores (rank 0 reads, the others receive); earlier seconds."""
-    replay = [journal.scores() if journal else {}, journal.elapsed() if journal else 0.0]
+    entries = journal.entries if journal else {}
+    window_values = {
+        key: WindowValues(tuple(e["window_nll"]), tuple(e["window_whole"]) if "window_whole" in e else None)
+        for key, e in entries.items()
+        if "window_nll" in e  # journals written before racing existed have none
+    }
+    raced = {key: int(e["raced_after_windows"]) for key, e in entries.items() if "raced_after_windows" in e}
+    replay = [journal.scores() if journal else {}, journal.elapsed() if journal else 0.0, window_values, raced]
     if world.size > 1:
         import torch.distributed as dist
 
         dist.broadcast_object_list(replay, src=0)
     engine.cache.update(replay[0])
+    engine.window_values.update(replay[2])
+    engine.raced.update(replay[3])
     return replay[1]
 
 
@@ -342,6 +371,7 @@ class JournalRecorder:
         on_progress: Callable[[int, int, float], None] | None,
     ) -> None:
         self.journal, self.short, self.began, self.earlier = journal, short, began, earlier
+        self.engine = engine
         self.expected, self.on_progress = expected, on_progress
         self.best = min(engine.cache.values(), default=math.inf)
         if on_progress is not None and journal is not None:
@@ -352,15 +382,19 @@ class JournalRecorder:
         if self.journal is None:
             return
         vector = scaling.short_factors if self.short else scaling.factors
-        self.journal.append(
-            key,
-            {
-                "factors": list(vector),
-                "start_tokens": scaling.start_tokens,
-                "elapsed": round(self.earlier + time.perf_counter() - self.began, 3),
-            },
-            score,
-        )
+        record: dict[str, Any] = {
+            "factors": list(vector),
+            "start_tokens": scaling.start_tokens,
+            "elapsed": round(self.earlier + time.perf_counter() - self.began, 3),
+        }
+        # Per-window sums: what a resumed racing search compares later candidates with.
+        values = self.engine.window_values[key]
+        record["window_nll"] = list(values.nll)
+        if values.whole is not None:
+            record["window_whole"] = list(values.whole)
+        if key in self.engine.raced:
+            record["raced_after_windows"] = self.engine.raced[key]
+        self.journal.append(key, record, score)
         if self.on_progress is not None:
             self.on_progress(len(self.journal.entries), self.expected, self.best)
 
@@ -414,7 +448,23 @@ def provenance(
         started_from=str(request.start_from) if request.start_from else None,
         short_search=plan.short,
         critical_floor=space.floors is not None,
+        **racing_provenance(request, engine),
     )
+
+
+def racing_provenance(request: SearchRequest, engine: PerplexityEngine) -> dict[str, Any]:
+    """What racing adds to the provenance (nothing under --no-race: its YAML stays as it was before racing)."""
+    racing = request.racing()
+    if racing is None:
+        return {}
+    windows = engine.windows.shape[0]
+    return {
+        "racing": {
+            **racing.identity(),
+            "raced_out": len(engine.raced),
+            "window_evaluations_saved": sum(windows - seen for seen in engine.raced.values()),
+        }
+    }
 
 
 def objective_provenance(plan: SearchPlan, scored: ObjectiveWindows) -> dict[str, Any]:

@@ -24,9 +24,11 @@ class Recorder:
     def __init__(self, score: Callable[[Candidate], float]) -> None:
         self.score = score
         self.calls: list[list[Candidate]] = []
+        self.bounds: list[Candidate | None] = []
 
-    def __call__(self, candidates: Sequence[Candidate]) -> list[float]:
+    def __call__(self, candidates: Sequence[Candidate], bound: Candidate | None = None) -> list[float]:
         self.calls.append(list(candidates))
+        self.bounds.append(bound)
         return [self.score(c) for c in candidates]
 
     @property
