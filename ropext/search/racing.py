@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-RACE_BY_DEFAULT = True
-"""Whether ``ropext search`` races (``--race/--no-race``). Provisional until measured on a GPU: flip it here."""
+RACE_BY_DEFAULT = False
+"""Whether ``ropext search`` races (``--race/--no-race``). Off until a GPU measurement shows it loses
+nothing (docs/decisions.md): on, the committed searches' journals would not resume and reruns would
+not reproduce their factors."""
 DEFAULT_MARGIN = 0.01
 """Nats per scored token a candidate may trail the reference by on its first windows and still be
 scored in full (``--race-margin``). Provisional until measured on a GPU."""

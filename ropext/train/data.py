@@ -229,4 +229,3 @@ def with_short_regime(scaling: RopeScaling) -> RopeScaling:
     return replace(scaling, short_factors=(1.0,) * len(scaling.factors)).with_provenance(
         short_factors="original frequencies, set by finetune --short-share"
     )
-
