@@ -66,8 +66,8 @@ def eval_run(
     mode: RunModeOption = "truncate",
     stride: RunStrideOption = None,
     chunk_tokens: RunChunkTokensOption = 4096,
-    depths: RunDepthsOption = "0,0.25,0.5,0.75,1",
-    trials: RunTrialsOption = 5,
+    depths: RunDepthsOption = "spread",
+    trials: RunTrialsOption = 10,
     seed: Annotated[int, typer.Option(help="passkey and ruler: seed of the keys and samples.")] = 0,
     ruler_tasks: Annotated[
         str, typer.Option(help="ruler: comma-separated RULER tasks (niah_single_1 … fwe, qa_1, qa_2) or all.")

@@ -32,8 +32,12 @@ ModeOption, RunModeOption = _both("ppl", str, "truncate (first L tokens per docu
 StrideOption, RunStrideOption = _both("ppl", str | None, "Sliding mode: tokens between windows, e.g. 4k (default L/2).")
 ChunkTokensOption, RunChunkTokensOption = _both("ppl", int, "Positions per chunk of the loss.", min=1)
 
-DepthsOption, RunDepthsOption = _both("passkey", str, "Comma-separated depths in [0, 1].")
-TrialsOption, RunTrialsOption = _both("passkey", int, "Prompts per length and depth.", min=1)
+DepthsOption, RunDepthsOption = _both(
+    "passkey", str, "spread (every prompt at its own depth) or comma-separated depths in [0, 1]."
+)
+TrialsOption, RunTrialsOption = _both(
+    "passkey", int, "Prompts per length (spread) or per length and depth (fixed depths).", min=1
+)
 
 SamplesOption, RunSamplesOption = _both("ruler", int, "Prompts per task and length.", min=1)
 HaystackCorpusOption, RunHaystackCorpusOption = _both(

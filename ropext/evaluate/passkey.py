@@ -1,4 +1,10 @@
-"""Pass-key retrieval (DPRoPE, appendix B.3): find a 5-digit key hidden at a depth in filler text."""
+"""Pass-key retrieval (DPRoPE, appendix B.3): find a 5-digit key hidden at a depth in filler text.
+
+By default every prompt sits at a depth of its own (``spread``): the filler is the same sentence
+repeated, so prompts at one depth that differ only in their key are nearly the same input and mostly
+pass or fail together; N prompts at N depths measure N positions. A list of fixed depths (``--depths
+0,0.5,1``) puts ``trials`` prompts at each, as the papers' grids do.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +29,23 @@ TASK_INTRO = (
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
-DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SPREAD = "spread"
+"""``--depths spread``: prompt i of N at a seeded depth within [i/N, (i+1)/N]."""
+DEFAULT_DEPTHS = SPREAD
+DEFAULT_TRIALS = 10
+SPREAD_BINS = 5
+"""A spread run reports its accuracy per fifth of the depth range, labelled by the fifth's middle."""
 
 
 @dataclass(frozen=True)
 class PasskeyOptions:
     lengths: tuple[int, ...]
     """Prompt lengths in tokens (each prompt is at most this long, within one filler sentence)."""
-    depths: tuple[float, ...] = DEFAULT_DEPTHS
-    """Where the key sits: 0 = right after the instruction, 1 = right before the question."""
-    trials: int = 5
-    """Prompts (different keys) per length and depth."""
+    depths: tuple[float, ...] | str = DEFAULT_DEPTHS
+    """Where the key sits (0 = right after the instruction, 1 = right before the question): ``spread``
+    (every prompt at its own, stratified depth) or fixed depths."""
+    trials: int = DEFAULT_TRIALS
+    """Prompts (different keys) per length when spread, per length and depth when the depths are fixed."""
     seed: int = 0
     """Seeds the keys; the same seed gives the same prompts."""
     max_new_tokens: int = 8
@@ -41,6 +53,35 @@ class PasskeyOptions:
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise RopextError(f"--trials must be at least 1, got {self.trials}")
+        if isinstance(self.depths, str) and self.depths != SPREAD:
+            raise RopextError(f"--depths {self.depths!r}: write {SPREAD} or numbers between 0 and 1, e.g. 0,0.5,1")
+
+    @property
+    def spread(self) -> bool:
+        return self.depths == SPREAD
+
+    def prompts_per_length(self) -> int:
+        return self.trials if self.spread else self.trials * len(self.depths)
+
+
+def prompt_plan(options: PasskeyOptions, length: int) -> list[tuple[float, int]]:
+    """(depth, key) of every prompt of one length, a pure function of the seed and the length."""
+    rng = random.Random(f"{options.seed}-{length}")
+    if options.spread:
+        plan = []
+        for i in range(options.trials):
+            depth = (i + rng.random()) / options.trials
+            plan.append((depth, rng.randint(10000, 99999)))
+        return plan
+    return [(depth, rng.randint(10000, 99999)) for depth in options.depths for _ in range(options.trials)]
+
+
+def depth_label(depth: float, options: PasskeyOptions) -> str:
+    """The per-depth key a prompt counts under: its fixed depth, or the middle of its fifth when spread."""
+    if not options.spread:
+        return f"{depth:g}"
+    fifth = min(int(depth * SPREAD_BINS), SPREAD_BINS - 1)
+    return f"{(fifth + 0.5) / SPREAD_BINS:g}"
 
 
 @dataclass(frozen=True)
@@ -79,41 +120,38 @@ def evaluate_passkey(
     """Greedy-decode the answer for every (length, depth, trial); accuracy per length and per depth."""
     done = done or {}
     todo = [length for length in options.lengths if str(length) not in done]
-    tracker.begin(f"passkey {prepared.label}", len(todo) * len(options.depths) * options.trials)
+    tracker.begin(f"passkey {prepared.label}", len(todo) * options.prompts_per_length())
     results = dict(done)
     model, tokenizer = prepared.model, prepared.tokenizer
     for length in todo:
-        rng = random.Random(f"{options.seed}-{length}")
-        per_depth: dict[str, float] = {}
+        hits: dict[str, list[bool]] = {}
         answers = []
-        for depth in options.depths:
-            correct = 0
-            for _ in range(options.trials):
-                prompt = build_prompt(tokenizer, length, depth, rng.randint(10000, 99999))
-                ids = torch.tensor([prompt.ids], device=prepared.device)
-                with torch.inference_mode():
-                    out = model.generate(
-                        ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=options.max_new_tokens,
-                        do_sample=False,
-                        pad_token_id=tokenizer.eos_token_id,
-                    )
-                answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-                hit = first_integer(answer) == prompt.key
-                correct += hit
-                answers.append(
-                    {
-                        "depth": depth,
-                        "key": prompt.key,
-                        "answer": answer.strip(),
-                        "correct": hit,
-                        "prompt_tokens": len(prompt.ids),
-                    }
+        for depth, key in prompt_plan(options, length):
+            prompt = build_prompt(tokenizer, length, depth, key)
+            ids = torch.tensor([prompt.ids], device=prepared.device)
+            with torch.inference_mode():
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=options.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.eos_token_id,
                 )
-                tracker.advance(f"passkey {prepared.label} @ {format_length(length)}")
-            per_depth[f"{depth:g}"] = correct / options.trials
-        accuracy = sum(per_depth.values()) / len(per_depth)
+            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+            hit = first_integer(answer) == prompt.key
+            hits.setdefault(depth_label(depth, options), []).append(hit)
+            answers.append(
+                {
+                    "depth": round(depth, 4),
+                    "key": prompt.key,
+                    "answer": answer.strip(),
+                    "correct": hit,
+                    "prompt_tokens": len(prompt.ids),
+                }
+            )
+            tracker.advance(f"passkey {prepared.label} @ {format_length(length)}")
+        per_depth = {label: sum(h) / len(h) for label, h in sorted(hits.items(), key=lambda item: float(item[0]))}
+        accuracy = sum(a["correct"] for a in answers) / len(answers)
         result = {"accuracy": accuracy, "depths": per_depth, "trials": options.trials, "samples": answers}
         results[str(length)] = result
         tracker.finished(str(length), result)
@@ -121,13 +159,20 @@ def evaluate_passkey(
 
 
 def options_from_command_line(
-    lengths: tuple[int, ...], *, depths: str = "0,0.25,0.5,0.75,1", trials: int = 5, seed: int = 0, **_other_tasks: Any
+    lengths: tuple[int, ...],
+    *,
+    depths: str = SPREAD,
+    trials: int = DEFAULT_TRIALS,
+    seed: int = 0,
+    **_other_tasks: Any,
 ) -> PasskeyOptions:
     """PasskeyOptions from command-line values; bad depths or trials fail before any model loads."""
+    if depths.strip() == SPREAD:
+        return PasskeyOptions(lengths=lengths, depths=SPREAD, trials=trials, seed=seed)
     try:
         depth_values = tuple(float(d) for d in depths.split(",") if d.strip())
     except ValueError:
-        raise RopextError(f"--depths {depths!r}: write numbers between 0 and 1, e.g. 0,0.5,1") from None
+        raise RopextError(f"--depths {depths!r}: write {SPREAD} or numbers between 0 and 1, e.g. 0,0.5,1") from None
     if not depth_values or any(not 0 <= d <= 1 for d in depth_values):
         raise RopextError(f"--depths {depths!r}: every depth must be between 0 and 1")
     return PasskeyOptions(lengths=lengths, depths=depth_values, trials=trials, seed=seed)

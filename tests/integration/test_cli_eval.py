@@ -298,3 +298,16 @@ def test_a_result_file_in_use_by_another_run_is_refused(tiny_model: Path, tmp_pa
     assert not json_out.exists()
     assert_ok(run_cli(*_passkey_args(tiny_model, json_out, lengths="128", trials="1")))
     assert not json_out.with_name("busy.json.lock").exists()
+
+
+def test_passkey_by_default_hides_each_key_at_its_own_depth(tiny_model: Path, tmp_path: Path) -> None:
+    json_out = tmp_path / "passkey.json"
+    assert_ok(
+        run_cli("eval", "passkey", "--model", tiny_model, "--lengths", "128", "--json", json_out, "--device", "cpu")
+    )
+    outcome = read_json(json_out)["results"]["128"]
+    depths = [sample["depth"] for sample in outcome["samples"]]
+    assert len(depths) == 10 and len(set(depths)) == 10
+    assert all(i / 10 <= d <= (i + 1) / 10 for i, d in enumerate(depths))
+    assert set(outcome["depths"]) == {"0.1", "0.3", "0.5", "0.7", "0.9"}
+    assert outcome["accuracy"] == pytest.approx(sum(s["correct"] for s in outcome["samples"]) / 10)
