@@ -48,8 +48,11 @@ def main() -> None:
     parser.add_argument("--eval-docs", type=int, default=10)
     parser.add_argument("--eval-lengths", default="8k,16k,32k,64k")
     parser.add_argument("--passkey-lengths", "--passkey-length", dest="passkey_lengths", default="32k")
-    parser.add_argument("--trials", type=int, default=4, help="passkey keys per depth (5 depths)")
-    parser.add_argument("--modes", default="plain", help="comma-separated: plain, pose (--position-skip), mixed")
+    parser.add_argument("--trials", type=int, default=4, help="passkey prompts per depth (per length when spread)")
+    parser.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths, or spread")
+    parser.add_argument(
+        "--modes", default="plain", help="comma-separated: plain, pose (--position-skip), mixed; none: no fine-tune"
+    )
     parser.add_argument("--short-share", default="0.25", help="mixed mode: share of short windows")
     parser.add_argument("--second-corpus", default=None, help="NAME=FILE: perplexity on a second domain as well")
     parser.add_argument("--ruler-tasks", default=None, help="RULER tasks to run (default: none)")
@@ -68,7 +71,7 @@ def main() -> None:
     longest = max(parse_lengths(args.eval_lengths, "--eval-lengths"))
     work = args.work_dir or args.out_dir / "models"
     factors = dict(_named(spec, work, args.model) for spec in args.factors)
-    modes = args.modes.split(",")
+    modes = [] if args.modes == "none" else args.modes.split(",")
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode {unknown[0]!r}; the modes are {', '.join(MODES)}")
@@ -168,7 +171,8 @@ def _evaluate(args: argparse.Namespace, model: str, factors: str, results: Path)
         _ropext(
             "eval", "run", "--model", model, *scaling, "--tasks", ",".join(tasks), "--lengths", args.eval_lengths,
             "--passkey-lengths", args.passkey_lengths, "--corpus", args.corpus, "--skip-docs", str(args.eval_skip),
-            "--max-docs", str(args.eval_docs), "--trials", str(args.trials), *ruler, "--json-dir", results,
+            "--max-docs", str(args.eval_docs), "--trials", str(args.trials), "--depths", args.depths, *ruler,
+            "--json-dir", results,
         )  # fmt: skip
     if args.second_corpus:
         name, _, corpus = args.second_corpus.partition("=")
@@ -242,16 +246,16 @@ def _summary(args: argparse.Namespace, rows: list[tuple[str, Path]], lengths: li
                 scores = ruler.get(str(n), {}).get("tasks", {})
                 cells += [f"{scores[t]['score']:.2f}" if t in scores else "-" for t in tasks]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    metrics = []
     for folder in sorted((args.work_dir or args.out_dir / "models").glob("*-ft*")):
-        if not (folder / "metrics.jsonl").is_file():
-            continue
-        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-        if records:
+        if (folder / "metrics.jsonl").is_file():  # kept beside the results: the models are not
             shutil.copy(folder / "metrics.jsonl", args.out_dir / f"metrics-{folder.name}.jsonl")
+    metrics = []
+    for path in sorted(args.out_dir.glob("metrics-*.jsonl")):
+        records = [json.loads(line) for line in path.read_text().splitlines() if line]
+        if records:
             metrics.append(
-                f"| {folder.name} | {records[-1]['step']} | {records[-1]['tokens']:,} | {records[0]['loss']:.3f} "
-                f"| {records[-1]['loss']:.3f} | {records[-1]['seconds']:.0f} |"
+                f"| {path.stem.removeprefix('metrics-')} | {records[-1]['step']} | {records[-1]['tokens']:,} "
+                f"| {records[0]['loss']:.3f} | {records[-1]['loss']:.3f} | {records[-1]['seconds']:.0f} |"
             )
     lines += ["", "| run | steps | tokens | first loss | last loss | training seconds |", "|---|" + "---:|" * 5]
     lines += metrics

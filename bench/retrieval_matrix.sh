@@ -6,18 +6,19 @@
 #
 #   bench/retrieval_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     GROUP     finetune-dcis (plain and PoSE) | finetune-mixed (the model, the untuned scalings, mixed windows)
-#               | summary (the table of every row already measured)
+#               | needle (DCIS with the needle objective, then its evaluation) | summary (every row measured)
 #     DATA_DIR  folder with books-dev.jsonl.gz and proofs-dev.jsonl.gz (default .device/data)
 #     WORK_DIR  where fine-tuned models go (default /tmp/ropext-models)
 set -euo pipefail
 group=$1 data=${2:-.device/data} work=${3:-/tmp/ropext-models}
 dcis=bench/results/search-h100/dcis-64k.yaml
 dcis_a1=bench/results/retrieval-h200/dcis-64k-a1.yaml  # bench/scaling_variant.py: a = 1, short factors = 1
+needle=bench/results/retrieval-h200/dcis-64k-needle.yaml
 common=(
   --corpus "$data/books-dev.jsonl.gz" --second-corpus "proofs=$data/proofs-dev.jsonl.gz"
   --train-lengths 8k --tokens-per-step 32k --steps 200 --short-share 0.25
   --eval-lengths 8k,16k,32k,64k --eval-skip 5 --eval-docs 10 --train-skip 15
-  --passkey-lengths 32k,64k --trials 4
+  --passkey-lengths 32k,64k --trials 4 --depths 0,0.25,0.5,0.75,1
   --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 32k,64k --ruler-samples 20
   --out-dir bench/results/retrieval-h200 --work-dir "$work"
 )
@@ -26,8 +27,12 @@ case $group in
   finetune-mixed)
     python3 bench/finetune_quality.py "${common[@]}" --factors original=none --factors "dcis-64k=$dcis" \
       --factors "dcis-64k-a1=$dcis_a1" --modes mixed ;;
+  needle)
+    python3 -m ropext search --model smollm2-135m --method dcis -t 64k --objective needle \
+      --corpus "$data/books-dev.jsonl.gz" --samples 5 --out "$needle"
+    python3 bench/finetune_quality.py "${common[@]}" --factors "dcis-64k-needle=$needle" --modes none ;;
   summary)
     python3 bench/finetune_quality.py "${common[@]}" --factors original=none --factors "dcis-64k=$dcis" \
-      --factors "dcis-64k-a1=$dcis_a1" --modes plain,pose,mixed --summary-only ;;
-  *) echo "unknown group $group: finetune-dcis, finetune-mixed or summary" >&2; exit 2 ;;
+      --factors "dcis-64k-a1=$dcis_a1" --factors "dcis-64k-needle=$needle" --modes plain,pose,mixed --summary-only ;;
+  *) echo "unknown group $group: finetune-dcis, finetune-mixed, needle or summary" >&2; exit 2 ;;
 esac

@@ -36,6 +36,7 @@ from ropext.scaling import RopeScaling
 from ropext.search.engine import EngineOptions, PerplexityEngine
 from ropext.search.run import SearchRequest, run_search, search_windows
 
+FIXED_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the committed evaluations' depths, 4 keys at each
 H100_DENSE_BF16_TFLOPS = 989.0  # NVIDIA's dense (no sparsity) BF16 peak for the H100 SXM
 
 
@@ -182,7 +183,7 @@ def eval_stage(args) -> None:
             max_docs=args.eval_docs,
             skip_docs=args.samples,
         )
-        passkey = PasskeyOptions(lengths=(target,), trials=args.trials)
+        passkey = PasskeyOptions(lengths=(target,), depths=FIXED_DEPTHS, trials=args.trials)
         summary = compare_methods(
             args.model, methods, target, ppl, passkey, args.out_dir / f"eval-{format_length(target)}"
         )
