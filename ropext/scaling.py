@@ -143,6 +143,23 @@ class RopeScaling:
                 "produce factors for this model with `ropext search --model ...`"
             )
 
+    def keeping_short_context(self) -> RopeScaling:
+        """The same long factors with inputs up to L0 run exactly as the original model: short factors of 1
+        and attention factor 1.
+
+        transformers' ``longrope`` has one attention factor for both regimes, so a short regime that equals
+        the original model needs it to be 1 (docs/decisions.md, "Short context"); the long regime then runs
+        without it, which a fine-tune recovers (docs/results.md, "Retrieval at the target").
+        """
+        if self.is_dynamic:
+            raise RopextError(
+                f"{self.method} already runs the original frequencies within the original context; "
+                "--keep-short-context is for methods with fixed factors"
+            )
+        return replace(self, short_factors=(1.0,) * len(self.factors), attention_factor=1.0).with_provenance(
+            short_context="original (short factors 1, attention factor 1)"
+        )
+
     def with_provenance(self, **items: Any) -> RopeScaling:
         return replace(self, provenance={**self.provenance, **items})
 

@@ -64,6 +64,14 @@ def search(
         float,
         typer.Option(help="Searchers: nats per scored token a candidate may trail by on its first windows."),
     ] = DEFAULT_MARGIN,
+    keep_short_context: Annotated[
+        bool,
+        typer.Option(
+            "--keep-short-context",
+            help="Inputs up to the original context run exactly as the original model (short factors 1, "
+            "attention factor 1; a searcher searches the long factors with attention factor 1).",
+        ),
+    ] = False,
 ) -> None:
     """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
     from ropext.lengths import parse_length
@@ -85,6 +93,8 @@ def search(
 
     load_plugins()
     length = parse_length(target_length, "--target-length")
+    if keep_short_context:
+        attention_factor = _short_context_attention(attention_factor, short_length)
     if method in SEARCHERS:
         from ropext.search.engine import EngineOptions
         from ropext.search.objectives import OBJECTIVES
@@ -120,7 +130,7 @@ def search(
             race=race,
             race_margin=race_margin,
         )
-        _run_searcher(request, out, journal)
+        _run_searcher(request, out, journal, keep_short_context)
         return
     chosen = METHODS.get(method)  # unknown names fail before the model is touched
     params = chosen.parse_params(param or [])
@@ -129,6 +139,8 @@ def search(
     scaling = chosen.run(layout, length, params).with_provenance(
         model=model, ropext_version=__version__, seconds=round(time.perf_counter() - began, 3)
     )
+    if keep_short_context:
+        scaling = scaling.keeping_short_context()
     scaling.save(out)
     low, high = min(scaling.factors), max(scaling.factors)
     typer.echo(
@@ -138,7 +150,22 @@ def search(
     )
 
 
-def _run_searcher(request, out: Path, journal: Path) -> None:
+def _short_context_attention(attention_factor: str | None, short_length: str | None) -> str:
+    """The attention spec a --keep-short-context search uses (1), or one error line for what contradicts it."""
+    if short_length:
+        raise RopextError(
+            "--keep-short-context gives inputs up to the original context the original frequencies; "
+            "--short-length searches other ones: give one of them"
+        )
+    if attention_factor is not None and attention_factor.strip() not in ("none", "1", "1.0"):
+        raise RopextError(
+            f"--keep-short-context needs attention factor 1 (transformers' longrope has one for short and long "
+            f"inputs), but --attention-factor is {attention_factor}: drop one of them"
+        )
+    return "none"
+
+
+def _run_searcher(request, out: Path, journal: Path, keep_short_context: bool = False) -> None:
     from ropext.commands.rerun import command_line
     from ropext.distributed import environment_world
     from ropext.model.loading import load_layout
@@ -165,6 +192,8 @@ def _run_searcher(request, out: Path, journal: Path) -> None:
                 f"interrupted; {saved_evaluations(journal)} evaluations are saved in {journal}; to continue, "
                 f"rerun the same command: {command_line()}"
             ) from None
+    if keep_short_context:
+        scaling = scaling.keeping_short_context()
     scaling.save(out)
     prov = scaling.provenance
     raced = prov.get("racing")
