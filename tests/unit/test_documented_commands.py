@@ -234,6 +234,7 @@ OTHER_PROGRAMS_OPTIONS = {
     "--module": "deepspeed's launcher",
     "--launcher": "deepspeed's launcher",
     "--nproc_per_node": "torchrun",
+    "--max-model-len": "vLLM's server",
 }
 
 
