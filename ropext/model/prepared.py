@@ -8,7 +8,7 @@ from typing import Any
 
 from ropext.errors import RopextError
 from ropext.model.apply import apply_scaling
-from ropext.model.layout import RotaryLayout
+from ropext.model.layout import RotaryLayout, rope_dict
 from ropext.model.loading import (
     ModelSource,
     default_device,
@@ -57,7 +57,13 @@ class PreparedModel:
 
     @property
     def label(self) -> str:
-        return self.scaling.method if self.scaling is not None else "original"
+        """What runs: the applied scaling's method, the rope type a checkpoint's own config carries (a
+        fine-tuned or exported model), or ``original``."""
+        if self.scaling is not None:
+            return self.scaling.method
+        rope, _ = rope_dict(self.model.config)
+        kind = rope.get("rope_type") or rope.get("type") or "default"
+        return "original" if kind == "default" else f"its config's {kind}"
 
 
 def prepare_model(

@@ -11,6 +11,7 @@ from integration_support import ORIGINAL_CONTEXT, CorpusFiles, assert_clean_erro
 from transformers import AutoModelForCausalLM
 
 from ropext.model.apply import apply_scaling
+from ropext.model.prepared import prepare_model
 from ropext.scaling import RopeScaling
 
 TARGET = "1k"
@@ -39,6 +40,9 @@ def test_a_closed_form_method_keeps_the_original_short_context_after_export(
     exported = tmp_path / "exported"
     assert_ok(run_cli("export", "--model", tiny_model, "--factors", kept, "--out", exported))
     loaded = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32, attn_implementation="sdpa").eval()
+    # progress lines and tables name what a checkpoint's own config runs, not "original"
+    assert prepare_model(str(exported), None, device="cpu").label == "its config's longrope"
+    assert prepare_model(str(tiny_model), None, device="cpu").label == "original"
     generator = torch.Generator().manual_seed(0)
     short = torch.randint(0, pristine.config.vocab_size, (1, ORIGINAL_CONTEXT), generator=generator)
     long = torch.randint(0, pristine.config.vocab_size, (1, 2 * ORIGINAL_CONTEXT), generator=generator)
