@@ -36,7 +36,8 @@ def search(
     ] = None,
     journal: Annotated[Path | None, typer.Option(help="Searchers: journal file (default OUT.journal.jsonl).")] = None,
     attention_factor: Annotated[
-        str | None, typer.Option(help="Searchers: yarn, longrope, none or a number (default per searcher).")
+        str | None,
+        typer.Option(help="Searchers: yarn, longrope, none, a number, or search (dcis varies it, from its default)."),
     ] = None,
     max_batch_tokens: Annotated[int, typer.Option(min=1, help="Searchers: tokens per forward pass.")] = 131072,
     sdpa_backend: Annotated[

@@ -15,11 +15,16 @@ class Candidate:
 
     factors: tuple[float, ...]
     start_tokens: int = 0
+    attention: float | None = None
+    """The attention factor when the searcher varies it (``--attention-factor search``); None: the search's
+    fixed one."""
 
     def key(self) -> str:
-        """Content hash: the same factors (bit for bit) and n̂ give the same key."""
+        """Content hash: the same factors (bit for bit), n̂ and attention factor give the same key."""
         digest = hashlib.sha256(struct.pack(f"<{len(self.factors)}d", *self.factors))
         digest.update(struct.pack("<q", self.start_tokens))
+        if self.attention is not None:  # absent when fixed, so keys made before it existed are unchanged
+            digest.update(struct.pack("<d", self.attention))
         return digest.hexdigest()[:24]
 
 
@@ -50,6 +55,9 @@ class SearchSpace:
     floors: tuple[float, ...] | None = None
     """Lowest factor each pair may take (None: no bound beyond the searcher's own), e.g. s for the pairs
     that never complete a turn within the original context (``ropext.critical``)."""
+    attention: float | None = None
+    """The attention factor to start from when the searcher may vary it (``--attention-factor search``);
+    None: it is fixed and candidates carry none."""
 
     def floor(self, pair: int) -> float:
         return 1.0 if self.floors is None else self.floors[pair]

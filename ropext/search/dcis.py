@@ -9,13 +9,15 @@ need not be monotone.
 
 Evaluations: k per segment, 2 + 4 + … + d/2 = d − 2 segments, so k·(d − 2), plus one for the
 starting vector (the incumbent every step is compared with: "keep unchanged" is always a choice).
+With ``--attention-factor search`` (ropext's addition) the attention factor is one more coordinate: k
+values a·(1 + v) are tried before the first level and after the last (2k evaluations more).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ropext.errors import RopextError
 from ropext.search.base import SEED_METHODS, Candidate, Objective, SearchResult, SearchSpace, best_of
@@ -41,6 +43,9 @@ class DcisParams:
     grid cannot be symmetric without zero, so +r is the value left out)."""
     init: str = "yarn"
     """Closed-form method of the starting vector when no --from file is given."""
+    attention_range: float = 0.2
+    """With ``--attention-factor search``: relative half-width of the attention-factor steps (a · (1 + v),
+    v in [−r, r]); one step before the first level and one after the last."""
 
 
 def segments(pairs: int, level: int) -> list[tuple[int, int]]:
@@ -81,6 +86,7 @@ class Dcis:
     # DCIS starts from YaRN, whose attention factor 0.1 ln s + 1 it keeps.
     default_attention = "yarn"
     start_token_choices = (0,)
+    searches_attention = True
 
     def seed_methods(self, params: DcisParams) -> tuple[str, ...]:
         """``init`` first (the vector DCIS refines), then the usual seeds."""
@@ -94,7 +100,10 @@ class Dcis:
     def expected_evaluations(self, space: SearchSpace, params: DcisParams) -> int:
         pairs = space.pairs
         levels = min(params.levels or level_count(pairs), level_count(pairs))
-        return 1 + params.candidates * sum(len(segments(pairs, level)) for level in range(1, levels + 1))
+        attention_steps = 2 if space.attention is not None else 0
+        return 1 + params.candidates * (
+            attention_steps + sum(len(segments(pairs, level)) for level in range(1, levels + 1))
+        )
 
     def run(
         self,
@@ -116,14 +125,38 @@ class Dcis:
         lows = [max(low, space.floor(i)) for i in range(space.pairs)]
         if max(lows) > high:
             raise RopextError(f"dcis max_factor {high:g} is below the critical floor {max(lows):g}; raise it")
-        current = Candidate(tuple(min(max(x, lo), high) for x, lo in zip(space.initial[0], lows, strict=True)))
+        if params.attention_range <= 0:
+            raise RopextError(f"dcis needs attention_range > 0, got {params.attention_range}")
+        current = Candidate(
+            tuple(min(max(x, lo), high) for x, lo in zip(space.initial[0], lows, strict=True)),
+            attention=space.attention,
+        )
         score = objective([current])[0]
         history = [score]
+        requested = 1
+
+        def attention_step() -> None:
+            nonlocal current, score, requested
+            if space.attention is None:
+                return
+            proposals = [
+                replace(current, attention=_bounded_attention(current.attention * (1 + v)))
+                for v in increments(rng, params.candidates, params.attention_range, params.spacing)
+            ]
+            scores = objective(proposals, bound=current)
+            requested += len(proposals)
+            best, best_score = best_of(proposals, scores)
+            if best_score < score:
+                current, score = best, best_score
+            history.append(score)
+            if on_step is not None:
+                on_step(score)
+
+        attention_step()
         # (s − 1)/2 spans PI ± half its distance from the original; a floor keeps short-context
         # searches (s = 1) from having an empty range.
         half_width = params.first_range if params.first_range is not None else max((space.scale - 1) / 2, 0.25)
         levels = min(params.levels or level_count(space.pairs), level_count(space.pairs))
-        requested = 1
         for level in range(1, levels + 1):
             # Within a level, the low-frequency end first (the figure's order).
             for start, stop in reversed(segments(space.pairs, level)):
@@ -132,7 +165,7 @@ class Dcis:
                     factors = list(current.factors)
                     for i in range(start, stop):
                         factors[i] = min(max(factors[i] + v, lows[i]), high)
-                    proposals.append(Candidate(tuple(factors)))
+                    proposals.append(Candidate(tuple(factors), attention=current.attention))
                 # Only a proposal better than the incumbent matters: the incumbent is the bound.
                 scores = objective(proposals, bound=current)
                 requested += len(proposals)
@@ -143,7 +176,15 @@ class Dcis:
                 if on_step is not None:
                     on_step(score)
             half_width *= params.shrink
+        attention_step()
         return SearchResult(current, score, requested, history, asdict(params))
+
+
+def _bounded_attention(value: float) -> float:
+    from ropext.scaling import ATTENTION_FACTOR_RANGE
+
+    low, high = ATTENTION_FACTOR_RANGE
+    return min(max(value, low), high)
 
 
 DCIS = Dcis()

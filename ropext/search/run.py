@@ -63,6 +63,10 @@ class SearchRequest:
         return Racing(self.race_margin) if self.race else None
 
 
+SEARCHED = "search"
+"""``--attention-factor search``: the searcher varies the attention factor, starting from its default."""
+
+
 def attention_factor(spec: str, scale: float, original: int) -> float:
     from ropext.methods.attention import longrope_attention, yarn_attention
 
@@ -75,7 +79,9 @@ def attention_factor(spec: str, scale: float, original: int) -> float:
     try:
         value = float(spec)
     except ValueError:
-        raise RopextError(f"--attention-factor {spec!r}: use yarn, longrope, none or a positive number") from None
+        raise RopextError(
+            f"--attention-factor {spec!r}: use yarn, longrope, none, search or a positive number"
+        ) from None
     if not value > 0:
         raise RopextError(f"--attention-factor must be positive, got {value}")
     return value
@@ -105,8 +111,11 @@ class SearchPlan:
     window_length: int
     attention_spec: str
     attention: float
+    """The attention factor of every candidate, or the one the search starts from when it varies it."""
     objective: Any = None
     """The registered objective (``ropext.search.objectives``)."""
+    search_attention: bool = False
+    """--attention-factor search: candidates carry their own attention factor."""
 
 
 def run_search(
@@ -136,7 +145,9 @@ def run_search(
         expected = plan.searcher.expected_evaluations(space, plan.params)
         if request.budget is not None:
             expected = min(expected, request.budget)  # what the progress bar counts to: the budget stops it there
-        engine.on_result = JournalRecorder(journal, plan.short, began, earlier, expected, engine, on_progress)
+        engine.on_result = JournalRecorder(
+            journal, plan.short, began, earlier, expected, engine, on_progress, plan.search_attention
+        )
         objective = BudgetedObjective(engine, lambda c: to_scaling(request, layout, plan, c), request.budget)
         winner, score = run_searcher(plan, space, objective, request.seed)
     finally:
@@ -180,10 +191,19 @@ def validate(request: SearchRequest, layout: RotaryLayout) -> SearchPlan:
         raise RopextError("--short-length searches the short factors of --from FILE; give --from with the long factors")
     scale = request.target_length / layout.original_max_position_embeddings
     attention_spec = request.attention or searcher.default_attention
+    search_attention = attention_spec == SEARCHED
+    if search_attention:
+        if not getattr(searcher, "searches_attention", False):
+            raise RopextError(f"--attention-factor search: searcher {searcher.name!r} cannot vary it; use dcis")
+        if short:
+            raise RopextError(
+                "--attention-factor search varies the long regime's factor; a --short-length search keeps --from's"
+            )
+    start_spec = searcher.default_attention if search_attention else attention_spec
     attention = (
         base.attention_factor
         if short and base is not None
-        else attention_factor(attention_spec, scale, layout.original_max_position_embeddings)
+        else attention_factor(start_spec, scale, layout.original_max_position_embeddings)
     )
     return SearchPlan(
         searcher=searcher,
@@ -193,6 +213,7 @@ def validate(request: SearchRequest, layout: RotaryLayout) -> SearchPlan:
         window_length=request.short_length if short else request.target_length,
         attention_spec=attention_spec,
         attention=attention,
+        search_attention=search_attention,
         objective=chosen_objective,
     )
 
@@ -223,7 +244,8 @@ def search_space(layout: RotaryLayout, request: SearchRequest, plan: SearchPlan)
     if request.critical_floor:
         l0 = layout.original_max_position_embeddings
         floors = critical_floors(layout.rope_theta, layout.rotary_dim, l0, scale)
-    return SearchSpace(layout.pairs, scale, tuple(seeds), tuple(plan.searcher.start_token_choices), floors)
+    attention = plan.attention if plan.search_attention else None
+    return SearchSpace(layout.pairs, scale, tuple(seeds), tuple(plan.searcher.start_token_choices), floors, attention)
 
 
 # ------------------------------------------------------------------------------------------ objective
@@ -240,7 +262,7 @@ def to_scaling(request: SearchRequest, layout: RotaryLayout, plan: SearchPlan, c
         max_position_embeddings=request.target_length,
         factors=long,
         short_factors=candidate.factors if plan.short else None,
-        attention_factor=plan.attention,
+        attention_factor=plan.attention if candidate.attention is None else candidate.attention,
         start_tokens=start_tokens,
     )
 
@@ -334,6 +356,8 @@ def journal_identity(
         # holds raced-out candidates (and a plain one full scores racing would not have computed), so
         # resuming either under the other setting would not retrace the same search.
         identity["racing"] = racing.identity()
+    if plan.search_attention:
+        identity["attention_searched"] = True  # only when on: older journals keep their identity
     return identity
 
 
@@ -369,8 +393,10 @@ class JournalRecorder:
         expected: int,
         engine: PerplexityEngine,
         on_progress: Callable[[int, int, float], None] | None,
+        search_attention: bool = False,
     ) -> None:
         self.journal, self.short, self.began, self.earlier = journal, short, began, earlier
+        self.search_attention = search_attention
         self.engine = engine
         self.expected, self.on_progress = expected, on_progress
         self.best = min(engine.cache.values(), default=math.inf)
@@ -385,6 +411,7 @@ class JournalRecorder:
         record: dict[str, Any] = {
             "factors": list(vector),
             "start_tokens": scaling.start_tokens,
+            **({"attention_factor": scaling.attention_factor} if self.search_attention else {}),
             "elapsed": round(self.earlier + time.perf_counter() - self.began, 3),
         }
         # Per-window sums: what a resumed racing search compares later candidates with.
@@ -445,6 +472,7 @@ def provenance(
         devices=devices,
         processes=world.size,
         attention=plan.attention_spec,
+        **({"attention_searched_from": plan.attention} if plan.search_attention else {}),
         started_from=str(request.start_from) if request.start_from else None,
         short_search=plan.short,
         critical_floor=space.floors is not None,

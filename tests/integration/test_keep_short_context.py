@@ -3,6 +3,8 @@ in ropext and in plain transformers after export; the long factors are unchanged
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -90,5 +92,42 @@ def test_contradicting_options_are_one_clear_error(
 ) -> None:
     out = tmp_path / "f.yaml"
     result = run_cli("search", "--model", tiny_model, "-t", TARGET, "--keep-short-context", *extra, "--out", out)
+    assert_clean_error(result, fragment)
+    assert not out.exists()
+
+
+def test_attention_factor_search_varies_it_from_the_searchers_default(
+    tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path
+) -> None:
+    out = tmp_path / "dcis.yaml"
+    arguments = ["search", "--model", tiny_model, "--method", "dcis", "-t", TARGET, "--corpus", corpus_files.folder]
+    arguments += ["--samples", "2", "--param", "candidates=2", "--param", "levels=1", "--attention-factor", "search"]
+    assert_ok(run_cli(*arguments, "--out", out))
+    scaling = RopeScaling.load(out)
+    start = scaling.provenance["attention_searched_from"]
+    assert scaling.provenance["attention"] == "search" and start == pytest.approx(1 + 0.1 * math.log(4))
+    lines = out.with_name(out.name + ".journal.jsonl").read_text().splitlines()
+    tried = {json.loads(line)["attention_factor"] for line in lines[1:]}
+    assert start in tried and len(tried) == 1 + 2 * 2  # the start, then k values before and k after the level
+    assert scaling.attention_factor in tried
+    # the start, k attention values, k per segment of level 1 (2 segments), k attention values; a proposal
+    # clipped onto one already scored is not scored again
+    assert scaling.provenance["evaluations"] == len(lines) - 1 <= 1 + 2 * (1 + 2 + 1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (("--method", "longrope", "--attention-factor", "search"), "cannot vary it; use dcis"),
+        (("--method", "dcis", "--attention-factor", "search", "--keep-short-context"), "needs attention factor 1"),
+    ],
+)
+def test_attention_search_refusals(
+    tiny_model: Path, corpus_files: CorpusFiles, tmp_path: Path, extra: tuple[str, ...], fragment: str
+) -> None:
+    out = tmp_path / "f.yaml"
+    result = run_cli(
+        "search", "--model", tiny_model, "-t", TARGET, "--corpus", corpus_files.folder, *extra, "--out", out
+    )
     assert_clean_error(result, fragment)
     assert not out.exists()

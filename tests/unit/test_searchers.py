@@ -394,3 +394,38 @@ def test_searchers_own_their_attention_start_tokens_and_seeds() -> None:
     assert DCIS.seed_methods(DcisParams(init="ntk")) == ("ntk", "pi", "yarn")
     assert DCIS.seed_methods(DcisParams(init="llama3")) == ("llama3", "pi", "ntk", "yarn")
     assert DCIS.seed_methods(DcisParams(init="")) == ("pi", "ntk", "yarn")
+
+
+# ------------------------------------------------------------------ DCIS with the attention factor searched
+
+
+def test_dcis_varies_the_attention_factor_only_when_the_space_says_so() -> None:
+    pairs, target, best_attention = 8, split_target(8), 1.3
+
+    def score(c: Candidate) -> float:
+        attention = 1.2 if c.attention is None else c.attention
+        return squared_distance(target)(c) + 10 * (attention - best_attention) ** 2
+
+    space = SearchSpace(pairs=pairs, scale=SCALE, initial=(tuple([4.0] * pairs),), attention=1.2)
+    params = DcisParams(candidates=4)
+    recorder = Recorder(score)
+    result = DCIS.run(recorder, space, params, seed=0)
+    assert all(c.attention is not None for c in recorder.candidates)
+    assert abs(result.best.attention - best_attention) < abs(1.2 - best_attention)
+    assert result.evaluations == len(recorder.candidates) == DCIS.expected_evaluations(space, params)
+    # first and last calls vary only the attention factor; the factor steps keep the incumbent's
+    first, last = recorder.calls[1], recorder.calls[-1]
+    assert all(c.factors == recorder.calls[0][0].factors and c.attention != 1.2 for c in first)
+    assert len({c.factors for c in last}) == 1
+    # a fixed attention factor: candidates carry none, and the search is today's, call for call
+    fixed = Recorder(score)
+    plain = DCIS.run(fixed, flat_space(pairs), params, seed=0)
+    assert all(c.attention is None for c in fixed.candidates)
+    reference, _, _, _ = run_dcis(pairs, target, candidates=4)
+    assert plain.best.factors == reference.best.factors
+
+
+def test_candidate_keys_are_unchanged_without_an_attention_factor() -> None:
+    plain = Candidate((1.0, 2.0), 3)
+    assert plain.key() == Candidate((1.0, 2.0), 3, None).key()
+    assert plain.key() != Candidate((1.0, 2.0), 3, 1.2).key() != Candidate((1.0, 2.0), 3, 1.3).key()
