@@ -22,6 +22,11 @@ from dataclasses import asdict, dataclass, replace
 from ropext.errors import RopextError
 from ropext.search.base import SEED_METHODS, Candidate, Objective, SearchResult, SearchSpace, best_of
 
+ATTENTION_RANGE = 0.2
+"""With ``--attention-factor search``: relative half-width of the attention-factor steps (a · (1 + v), v in
+[−0.2, 0.2]), one step before the first level and one after the last. A constant, not a parameter: a new
+parameter would change every existing journal's identity (its ``params``), so none of them would resume."""
+
 
 @dataclass(frozen=True)
 class DcisParams:
@@ -43,9 +48,6 @@ class DcisParams:
     grid cannot be symmetric without zero, so +r is the value left out)."""
     init: str = "yarn"
     """Closed-form method of the starting vector when no --from file is given."""
-    attention_range: float = 0.2
-    """With ``--attention-factor search``: relative half-width of the attention-factor steps (a · (1 + v),
-    v in [−r, r]); one step before the first level and one after the last."""
 
 
 def segments(pairs: int, level: int) -> list[tuple[int, int]]:
@@ -125,8 +127,6 @@ class Dcis:
         lows = [max(low, space.floor(i)) for i in range(space.pairs)]
         if max(lows) > high:
             raise RopextError(f"dcis max_factor {high:g} is below the critical floor {max(lows):g}; raise it")
-        if params.attention_range <= 0:
-            raise RopextError(f"dcis needs attention_range > 0, got {params.attention_range}")
         current = Candidate(
             tuple(min(max(x, lo), high) for x, lo in zip(space.initial[0], lows, strict=True)),
             attention=space.attention,
@@ -141,7 +141,7 @@ class Dcis:
                 return
             proposals = [
                 replace(current, attention=_bounded_attention(current.attention * (1 + v)))
-                for v in increments(rng, params.candidates, params.attention_range, params.spacing)
+                for v in increments(rng, params.candidates, ATTENTION_RANGE, params.spacing)
             ]
             scores = objective(proposals, bound=current)
             requested += len(proposals)
