@@ -429,3 +429,20 @@ def test_candidate_keys_are_unchanged_without_an_attention_factor() -> None:
     plain = Candidate((1.0, 2.0), 3)
     assert plain.key() == Candidate((1.0, 2.0), 3, None).key()
     assert plain.key() != Candidate((1.0, 2.0), 3, 1.2).key() != Candidate((1.0, 2.0), 3, 1.3).key()
+
+
+def test_the_committed_journals_params_are_the_searchers_params() -> None:
+    """A new searcher parameter changes every journal's identity, so no committed search would resume (nor a
+    rerun reproduce its factors): the parameters of every committed journal are exactly today's."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from ropext.search import SEARCHERS
+
+    journals = sorted((Path(__file__).parents[2] / "bench" / "results").glob("*/*.journal.jsonl"))
+    assert journals
+    for path in journals:
+        search = json.loads(path.read_text().splitlines()[0])["search"]
+        searcher = SEARCHERS.get(search["searcher"])
+        assert set(search["params"]) == set(asdict(searcher.params())), path
