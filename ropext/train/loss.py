@@ -20,6 +20,20 @@ from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, _logit_transform
 
 
+def _hidden_states(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """The last hidden states of every position, each attending to every earlier one in its row.
+
+    Without a KV cache or an attention mask, transformers reads position ids that jump (PoSE's skipped
+    windows) as packed sequences and masks attention across the jump, so the second chunk would never see the
+    first and no attention would span the skip. A mask of ones (no padding) turns that inference off; plain
+    windows (no position ids) run as before.
+    """
+    mask = None if position_ids is None else torch.ones_like(input_ids)
+    return model.base_model(
+        input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+
+
 def causal_lm_loss(
     model: Any,
     input_ids: torch.Tensor,
@@ -36,7 +50,7 @@ def causal_lm_loss(
     head = model.get_output_embeddings()
     if head is None:
         raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
-    hidden = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = _hidden_states(model, input_ids, position_ids)
     transform = _logit_transform(model.config)
 
     def chunk_loss(states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ropext.model.apply import apply_scaling, rotary_modules, verify_scaling
 from ropext.model.loading import load_layout
 from ropext.scaling import RopeScaling
 from ropext.train.data import PositionPlan, with_short_regime
-from ropext.train.loss import ChunkedLossModel, causal_lm_loss
+from ropext.train.loss import ChunkedLossModel, _hidden_states, causal_lm_loss
 
 TRAIN_LENGTH, TARGET = 128, 1024
 STEPS, HALF = 8, 4
@@ -131,6 +131,25 @@ def test_mixed_micro_batch_matches_each_window_alone(tiny_model: Path, scaling: 
     assert together == pytest.approx(sum(alone) / 2, rel=1e-5)
     # and not what one forward of both rows (long factors for both) would give
     assert together != pytest.approx(one_forward, rel=1e-4)
+
+
+def test_skipped_windows_attend_across_the_skip(tiny_model: Path, scaling: RopeScaling) -> None:
+    # transformers reads jumping position ids without an attention mask as packed sequences and masks
+    # attention across the jump; PoSE needs the second chunk to see the first, at the skipped distance.
+    model = apply_scaling(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32), scaling)
+    ids = torch.randint(0, model.config.vocab_size, (1, TRAIN_LENGTH), generator=torch.Generator().manual_seed(1))
+    positions = torch.from_numpy(PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, seed=0).positions(0))[None]
+    split = int(np.flatnonzero(np.diff(positions[0].numpy()) != 1)[0]) + 1
+    assert 1 < split < TRAIN_LENGTH - 1
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % model.config.vocab_size  # a token of the first chunk only
+    with torch.no_grad():
+        before = _hidden_states(model, ids, positions)[0]
+        after = _hidden_states(model, changed, positions)[0]
+        # the same as transformers' own forward with a cache, where no packing is inferred
+        cached = model.base_model(input_ids=ids, position_ids=positions, use_cache=True).last_hidden_state[0]
+    assert not torch.allclose(before[split:], after[split:], atol=1e-4)  # the second chunk sees the change
+    torch.testing.assert_close(before, cached, rtol=1e-4, atol=1e-5)
 
 
 def _finetune(model: Path, corpus: Path, factors: Path, out: Path, steps: int, *extra: str | Path) -> list:
