@@ -87,6 +87,10 @@ def finetune(
             help="Share of windows at positions within the original length (short factors); needs --position-skip."
         ),
     ] = 0.0,
+    needle_share: Annotated[
+        float,
+        typer.Option(help="Share of windows with retrieval practice: 4 word-number needles, a question, its answer."),
+    ] = 0.0,
     local_rank: LauncherRankOption = None,
 ) -> None:
     """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
@@ -122,6 +126,7 @@ def finetune(
         save_model=save_model,
         position_skip=parse_length(position_skip, "--position-skip") if position_skip is not None else None,
         short_share=short_share,
+        needle_share=needle_share,
     )
     world = launcher_world()
     if gpus is not None and gpus < 1:

@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, _logit_transform
+from ropext.train.needles import ANSWER_WEIGHT
 
 
 def _hidden_states(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
@@ -70,11 +71,60 @@ def causal_lm_loss(
     return total / (rows * (length - 1))
 
 
+def causal_lm_losses(
+    model: Any,
+    input_ids: torch.Tensor,
+    answers: torch.Tensor,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_lm_loss` and, beside it, the sum over rows of each row's mean cross-entropy on its answer tokens
+    (``answers``: bool [batch, length], True at tokens to be predicted as an answer; a row without any adds 0).
+
+    Both come from one pass over the same chunks: each chunk's logits exist once in the forward and once in
+    the backward pass, as for the plain loss.
+    """
+    if answers.shape != input_ids.shape:
+        raise ValueError(f"answers must match input_ids {tuple(input_ids.shape)}, got {tuple(answers.shape)}")
+    head = model.get_output_embeddings()
+    if head is None:
+        raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
+    hidden = _hidden_states(model, input_ids, position_ids)
+    transform = _logit_transform(model.config)
+    # Each answer token's share of its row's mean (float32, like the losses).
+    targets_answer = answers[:, 1:].to(torch.float32)
+    weights = targets_answer / targets_answer.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def chunk_losses(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        logits = transform(head(states).float())
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(weight)
+        return torch.stack([nll.sum(), (nll * weight).sum()])
+
+    rows, length = input_ids.shape
+    positions = max(1, chunk_tokens // rows)
+    total = hidden.new_zeros(2, dtype=torch.float32)
+    for start in range(0, length - 1, positions):
+        stop = min(start + positions, length - 1)
+        total = total + checkpoint(
+            chunk_losses,
+            hidden[:, start:stop],
+            input_ids[:, start + 1 : stop + 1],
+            weights[:, start:stop],
+            use_reentrant=False,
+        )
+    return total[0] / (rows * (length - 1)), total[1]
+
+
 class ChunkedLossModel(nn.Module):
     """A causal LM whose ``forward(input_ids)`` returns `causal_lm_loss`: the module DeepSpeed trains.
 
     ``config`` is the wrapped model's, so `ropext.model.apply.verify_scaling` runs on this module (and
     on the DeepSpeed engine's ``module``) as on the model itself.
+
+    With ``answers`` (retrieval practice, ropext/train/needles.py) ``forward`` returns three scalars: the loss
+    to train, the mean over windows of (mean NLL + ``answer_weight`` × mean NLL of the window's answer tokens);
+    the plain language-model loss (what metrics report, comparable across runs); and the sum over windows of
+    their mean answer NLL (windows without practice add 0).
     """
 
     def __init__(
@@ -82,18 +132,24 @@ class ChunkedLossModel(nn.Module):
         model: nn.Module,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         original: int | None = None,
+        answer_weight: float = ANSWER_WEIGHT,
     ) -> None:
         super().__init__()
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.original = original
         """The original context length: rows with position ids past it use longrope's long factors."""
+        self.answer_weight = answer_weight
 
     @property
     def config(self) -> Any:
         return self.model.config
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, answers: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if answers is not None:
+            return self._with_answers(input_ids, position_ids, answers)
         if position_ids is None or self.original is None:
             return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
         # longrope picks one factor set per forward, from the batch's largest position id: short-position and
@@ -112,3 +168,29 @@ class ChunkedLossModel(nn.Module):
             long.sum()
         )
         return total / input_ids.shape[0]
+
+    def _with_answers(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, answers: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = input_ids.shape[0]
+        groups: list[Any] = [slice(None)]
+        if position_ids is not None and self.original is not None:
+            # As for the plain loss: short- and long-position rows run as separate forwards.
+            long = position_ids.amax(dim=1) >= self.original
+            if bool(long.any()) and not bool(long.all()):
+                groups = [~long, long]
+        lm = input_ids.new_zeros((), dtype=torch.float32)
+        answer = input_ids.new_zeros((), dtype=torch.float32)
+        for chosen in groups:
+            ids = input_ids[chosen]
+            group_lm, group_answer = causal_lm_losses(
+                self.model,
+                ids,
+                answers[chosen],
+                self.chunk_tokens,
+                None if position_ids is None else position_ids[chosen],
+            )
+            lm = lm + group_lm * ids.shape[0]
+            answer = answer + group_answer
+        lm = lm / rows
+        return lm + self.answer_weight * answer / rows, lm.detach(), answer.detach()

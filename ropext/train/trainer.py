@@ -49,6 +49,7 @@ from ropext.train.data import (
     training_documents,
     with_short_regime,
 )
+from ropext.train.needles import ANSWER_WEIGHT, NEEDLES, NeedlePlan, check_needle_share
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -96,6 +97,8 @@ class FinetuneRequest:
     """PoSE: long windows' position ids span up to this length (None: 0 .. train length - 1)."""
     short_share: float = 0.0
     """Share of windows trained at positions within the original length (short factors); needs position_skip."""
+    needle_share: float = 0.0
+    """Share of windows carrying retrieval practice (ropext/train/needles.py); 0: none, plain windows."""
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Plan:
     corpus_fingerprint: str
     world_size: int
     positions: PositionPlan
+    needles: NeedlePlan
     resume_tag: str | None = None
     resume_state: TrainState | None = None
 
@@ -156,6 +160,7 @@ class Plan:
                     # Only when used, so checkpoints of plain runs (written before these options) still resume.
                     **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
                     **({"short_share": request.short_share} if request.short_share else {}),
+                    **({"needle_share": request.needle_share} if request.needle_share else {}),
                 }
             )
         )
@@ -192,6 +197,7 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     check_positions(
         request.train_length, original, scaling.max_position_embeddings, request.position_skip, request.short_share
     )
+    check_needle_share(request.needle_share)
     if request.short_share > 0:
         scaling = with_short_regime(scaling)
     if request.init == "pretrained":
@@ -203,6 +209,8 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     separator = tokenizer.eos_token_id
     if separator is None:
         raise RopextError(f"the tokenizer of {request.model} has no eos token to put between training documents")
+    needles = NeedlePlan(request.train_length, request.needle_share, request.seed, tokenizer)
+    needles.check_length()  # before the corpus is tokenised, the slow part of planning
     corpus_files = open_corpus(request.corpus)
     corpus = tokenize_corpus(tokenizer, corpus_files)
     documents = training_documents(corpus, request.skip_docs, request.skip_length)
@@ -221,6 +229,7 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         positions=PositionPlan(
             request.train_length, original, request.position_skip, request.short_share, request.seed
         ),
+        needles=needles,
         resume_tag=resume_tag,
         resume_state=resume_state,
     )
@@ -314,18 +323,25 @@ def _check_resumable(plan: Plan) -> None:
     assert plan.resume_tag is not None
     saved = json.loads((checkpoint_dir(plan.request.out) / plan.resume_tag / SIDECAR).read_text())
     before, now = saved.get("settings", {}), plan.settings()
-    for key, value in now.items():
+    # Keys of either side: an option the checkpoint was trained with and this run leaves out differs too.
+    for key in [*now, *(k for k in before if k not in now)]:
+        value = now.get(key)
         if before.get(key) == value:
             continue
         if key == "scaling":
             what = f"other factors than {plan.request.factors}"
         else:
-            what = f"{key} {before.get(key)!r}, not {value!r}"
+            what = f"{key} {_shown(before.get(key))}, not {_shown(value)}"
         raise RopextError(
             f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with the same "
-            "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip and --short-share, "
+            "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip, --short-share and "
+            "--needle-share, "
             "or choose a new --out"
         )
+
+
+def _shown(setting: Any) -> str:
+    return "off" if setting is None else repr(setting)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -439,19 +455,23 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
         with _StopOnSignal() as stop, reporter:
             while state.step < request.steps:
                 began = time.perf_counter()
-                loss = _optimizer_step(engine, plan, world, state.samples)
-                # One small all-reduce per step: the mean loss over processes, and whether any process was
-                # asked to stop, so that all of them save the same checkpoint and stop together.
-                summary = torch.tensor([loss, float(stop.requested)], dtype=torch.float64, device=engine.device)
+                loss, answers, practice = _optimizer_step(engine, plan, world, state.samples)
+                # One small all-reduce per step: the mean loss over processes, whether any process was asked
+                # to stop (so that all of them save the same checkpoint and stop together), and the answer
+                # losses and count of the practice windows.
+                summary = torch.tensor(
+                    [loss, float(stop.requested), answers, practice], dtype=torch.float64, device=engine.device
+                )
                 torch.distributed.all_reduce(summary)
                 last_loss = float(summary[0]) / world.size
+                needle_loss = float(summary[2]) / float(summary[3]) if float(summary[3]) > 0 else None
                 seconds = time.perf_counter() - began
                 step_tokens = plan.samples_per_step * request.train_length
                 state.step += 1
                 state.samples += plan.samples_per_step
                 state.tokens += step_tokens
                 state.seconds += seconds
-                reporter.step(state, last_loss, float(engine.get_lr()[0]), step_tokens / seconds, plan)
+                reporter.step(state, last_loss, float(engine.get_lr()[0]), step_tokens / seconds, plan, needle_loss)
                 if float(summary[1]) > 0:
                     tag = save_checkpoint(engine, plan, state, world)
                     raise Interrupted(
@@ -516,8 +536,9 @@ def verify_after_zero3(module: Any, scaling: RopeScaling) -> None:
     verify_scaling(module, scaling)
 
 
-def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> float:
-    """One optimizer step: ``grad_accum`` micro batches on this process; returns their mean loss.
+def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> tuple[float, float, int]:
+    """One optimizer step: ``grad_accum`` micro batches on this process; returns their mean language-model
+    loss, and the sum of the mean answer losses of their practice windows and how many there were.
 
     Micro step m of process r reads samples ``samples + (m · world + r) · micro`` onwards, so the processes
     and micro steps together consume ``samples_per_step`` consecutive samples.
@@ -525,20 +546,32 @@ def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> floa
     import torch
 
     micro = plan.micro_batch
-    total = 0.0
+    total, answer_total, practice = 0.0, 0.0, 0
     for m in range(plan.grad_accum):
         first = samples + (m * world.size + world.rank) * micro
-        batch = torch.from_numpy(plan.windows.batch(first, micro)).to(engine.device)
+        windows = plan.windows.batch(first, micro)
+        answers = None
+        if plan.needles.active:
+            windows, mask = plan.needles.batch(windows, first)
+            answers = torch.from_numpy(mask).to(engine.device)
+            practice += int(mask.any(axis=1).sum())
+        batch = torch.from_numpy(windows).to(engine.device)
         positions = None
         if plan.positions.active:
             positions = torch.from_numpy(plan.positions.batch(first, micro)).to(engine.device)
         # The backward pass recomputes each layer's forward (activation checkpointing): it needs the same kernels.
         with sdpa_context(plan.request.sdpa_backend, str(engine.device)):
-            loss = engine(batch) if positions is None else engine(batch, positions)
+            if answers is not None:
+                loss, lm, answer = engine(batch, positions, answers)
+            else:
+                loss = engine(batch) if positions is None else engine(batch, positions)
+                lm, answer = loss, None
             engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary only
-        total += float(loss.detach())
-    return total / plan.grad_accum
+        total += float(lm.detach())
+        if answer is not None:
+            answer_total += float(answer)
+    return total / plan.grad_accum, answer_total, practice
 
 
 def _tag(step: int) -> str:
@@ -612,6 +645,11 @@ def save_pretrained(engine: Any, model: Any, plan: Plan, state: TrainState, worl
             "skip_length": request.skip_length,
             **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
             **({"short_share": request.short_share} if request.short_share else {}),
+            **(
+                {"needle_share": request.needle_share, "needles": NEEDLES, "answer_weight": ANSWER_WEIGHT}
+                if request.needle_share
+                else {}
+            ),
             "ropext_version": __version__,
         }
         plan.scaling.with_provenance(finetuned=finetuned).save(out / SCALING_FILE)
@@ -670,7 +708,9 @@ class _Reporter:
             ).start()
         return self
 
-    def step(self, state: TrainState, loss: float, lr: float, tokens_per_s: float, plan: Plan) -> None:
+    def step(
+        self, state: TrainState, loss: float, lr: float, tokens_per_s: float, plan: Plan, needle_loss: float | None
+    ) -> None:
         if not self.active:
             return
         positions = plan.positions
@@ -688,6 +728,12 @@ class _Reporter:
             first = state.samples - plan.samples_per_step
             short = sum(positions.is_short(k) for k in range(first, state.samples))
             record.update(position_skip=positions.target, short_windows=short, windows=plan.samples_per_step)
+        if plan.needles.active:
+            # The answers' mean NLL over this step's practice windows (null when none carried practice); the
+            # loss above stays the plain language-model loss, so runs with and without practice compare.
+            first = state.samples - plan.samples_per_step
+            practice = sum(plan.needles.carries(k) for k in range(first, state.samples))
+            record.update(needle_windows=practice, needle_loss=needle_loss, windows=plan.samples_per_step)
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.shown is not None:

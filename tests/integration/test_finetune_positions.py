@@ -164,6 +164,19 @@ MODES = {
     "mixed": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256"),
     # YaRN has no short factors: mixed training gives it the original frequencies as its short regime
     "mixed without short factors": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256", "YARN"),
+    # retrieval practice in mixed windows, at a train length that holds the needles (the last --train-length wins)
+    "needles": (
+        "--position-skip",
+        "1k",
+        "--short-share",
+        "0.5",
+        "--train-length",
+        "256",
+        "--batch-tokens",
+        "512",
+        "--needle-share",
+        "0.5",
+    ),
 }
 
 
@@ -203,12 +216,22 @@ def test_loss_falls_and_resume_is_bit_identical(
     assert (short == 0) if mode == "position-skip" else (0 < short < windows), (short, windows)
     resumed = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in resumed] == pytest.approx(losses, rel=1e-5)
+    needles = "--needle-share" in MODES[mode]
+    assert all(("needle_loss" in m) == needles for m in metrics)
+    if needles:  # per step: practice windows and their answers' loss (null in a step without any)
+        practice = [m["needle_windows"] for m in metrics]
+        assert 0 < sum(practice) < windows, practice
+        assert all((m["needle_loss"] is None) == (m["needle_windows"] == 0) for m in metrics)
+        assert all(m["needle_loss"] > 0 for m in metrics if m["needle_loss"] is not None)
+        expected = [None if m["needle_loss"] is None else pytest.approx(m["needle_loss"], rel=1e-5) for m in metrics]
+        assert [m["needle_loss"] for m in resumed] == expected
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     provenance = (tmp_path / "straight" / "rope_scaling.yaml").read_text()
     assert "position_skip: 1024" in provenance
     assert ("short_share: 0.5" in provenance) == ("--short-share" in MODES[mode])
+    assert ("needle_share: 0.5" in provenance) == needles and ("answer_weight: 1.0" in provenance) == needles
     saved = RopeScaling.load(tmp_path / "straight" / "rope_scaling.yaml")
     if MODES[mode][-1] == "YARN":  # mixed windows gave YaRN the original frequencies as its short regime
         assert saved.short_factors == (1.0,) * len(saved.factors)
