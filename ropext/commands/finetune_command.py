@@ -89,7 +89,7 @@ def finetune(
     ] = 0.0,
     needle_share: Annotated[
         float,
-        typer.Option(help="Share of windows with retrieval practice: 4 word-number needles, a question, its answer."),
+        typer.Option(help="Share of windows with retrieval practice: word-number needles, a question, its answer."),
     ] = 0.0,
     local_rank: LauncherRankOption = None,
 ) -> None:
