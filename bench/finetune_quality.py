@@ -51,9 +51,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4, help="passkey prompts per depth (per length when spread)")
     parser.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="passkey depths, or spread")
     parser.add_argument(
-        "--modes", default="plain", help="comma-separated: plain, pose (--position-skip), mixed; none: no fine-tune"
+        "--modes",
+        default="plain",
+        help="comma-separated: plain, pose, mixed, pose-needles, mixed-needles; none: no fine-tune",
     )
     parser.add_argument("--short-share", default="0.25", help="mixed mode: share of short windows")
+    parser.add_argument("--needle-share", default="0.25", help="*-needles modes: share of practice windows")
     parser.add_argument("--second-corpus", default=None, help="NAME=FILE: perplexity on a second domain as well")
     parser.add_argument("--ruler-tasks", default=None, help="RULER tasks to run (default: none)")
     parser.add_argument("--ruler-lengths", default="32k,64k")
@@ -107,11 +110,18 @@ def _target(path: Path) -> str:
     return str(RopeScaling.load(path).max_position_embeddings)
 
 
+def _mixed(args: argparse.Namespace, path: Path) -> list[str]:
+    return ["--position-skip", _target(path), "--short-share", args.short_share]
+
+
 MODES = {
     "plain": lambda args, path: [],
     # PoSE: windows of the train length whose positions reach the scaling's target
     "pose": lambda args, path: ["--position-skip", _target(path)],
-    "mixed": lambda args, path: ["--position-skip", _target(path), "--short-share", args.short_share],
+    "mixed": lambda args, path: _mixed(args, path),
+    # retrieval practice (--needle-share) on top of PoSE, and of mixed windows
+    "pose-needles": lambda args, path: ["--position-skip", _target(path), "--needle-share", args.needle_share],
+    "mixed-needles": lambda args, path: [*_mixed(args, path), "--needle-share", args.needle_share],
 }
 
 

@@ -7,6 +7,7 @@
 #   bench/retrieval_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     GROUP     finetune-dcis (plain and PoSE) | finetune-mixed (the model, the untuned scalings, mixed windows)
 #               | needle (DCIS with the needle objective, then its evaluation) | summary (every row measured)
+#               | v2-pose | v2-short | v2-summary (round 2, below)
 #     DATA_DIR  folder with books-dev.jsonl.gz and proofs-dev.jsonl.gz (default .device/data)
 #     WORK_DIR  where fine-tuned models go (default /tmp/ropext-models)
 set -euo pipefail
@@ -22,6 +23,16 @@ common=(
   --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 32k,64k --ruler-samples 20
   --out-dir bench/results/retrieval-h200 --work-dir "$work"
 )
+kept=bench/results/retrieval-v2-h200/dcis-64k-kept.yaml  # ropext search --keep-short-context
+v2=(
+  --corpus "$data/books-dev.jsonl.gz" --second-corpus "proofs=$data/proofs-dev.jsonl.gz"
+  --train-lengths 8k --tokens-per-step 32k --steps 200 --short-share 0.25 --needle-share 0.25
+  --eval-lengths 8k,16k,32k,64k --eval-skip 5 --eval-docs 10 --train-skip 15
+  --passkey-lengths 32k,64k --trials 20 --depths spread
+  --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 32k,64k --ruler-samples 20
+  --out-dir bench/results/retrieval-v2-h200 --work-dir "$work"
+)
+mkdir -p bench/results/retrieval-v2-h200
 case $group in
   finetune-dcis) python3 bench/finetune_quality.py "${common[@]}" --factors "dcis-64k=$dcis" --modes plain,pose --no-untuned ;;
   finetune-mixed)
@@ -34,5 +45,18 @@ case $group in
   summary)
     python3 bench/finetune_quality.py "${common[@]}" --factors original=none --factors "dcis-64k=$dcis" \
       --factors "dcis-64k-a1=$dcis_a1" --factors "dcis-64k-needle=$needle" --modes plain,pose,mixed --summary-only ;;
-  *) echo "unknown group $group: finetune-dcis, finetune-mixed, needle or summary" >&2; exit 2 ;;
+  # Round 2 (to be run): PoSE with attention across the skip, retrieval practice, DCIS searched with
+  # --keep-short-context, passkey prompts spread over depths (20 per length); results in retrieval-v2-h200.
+  v2-pose)
+    python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k=$dcis" --factors original=none \
+      --modes plain,pose,pose-needles ;;
+  v2-short)
+    [ -f "$kept" ] || python3 -m ropext search --model smollm2-135m --method dcis -t 64k --keep-short-context \
+      --corpus "$data/books-dev.jsonl.gz" --samples 5 --out "$kept"
+    python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k-kept=$kept" --modes mixed,mixed-needles ;;
+  v2-summary)
+    python3 bench/finetune_quality.py "${v2[@]}" --factors original=none --factors "dcis-64k=$dcis" \
+      --factors "dcis-64k-kept=$kept" --modes plain,pose,pose-needles,mixed,mixed-needles --summary-only ;;
+  *) echo "unknown group $group: finetune-dcis, finetune-mixed, needle, summary, v2-pose, v2-short or v2-summary" >&2
+     exit 2 ;;
 esac
