@@ -68,17 +68,22 @@ ALIASES: dict[str, WheelModel] = {
         ),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         summary=(
-            "Gemma 3 270M base, Q4_K_M GGUF (32k context, 262k vocabulary; sliding-window layers with rope_theta "
-            "1e4, global layers with 1e6: only the global ones are rescaled); Gemma Terms of Use apply"
+            "Gemma 3 270M base, Q4_K_M GGUF (32k context, 262k vocabulary; sliding-window layers at rope_theta 1e4, "
+            "global layers at 1e6, the ones rescaled); Gemma Terms of Use apply"
         ),
     ),
 }
 
 
+def cached_path(name: str) -> Path:
+    """Where the GGUF file of a built-in alias is kept once fetched (it may not be there yet)."""
+    return cache_dir() / "models" / name / ALIASES[name].filename
+
+
 def alias_path(name: str) -> Path:
     """The GGUF file of a built-in alias, downloading and assembling its wheels with pip the first time."""
     model = ALIASES[name]
-    target = cache_dir() / "models" / name / model.filename
+    target = cached_path(name)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

