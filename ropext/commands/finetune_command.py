@@ -91,6 +91,12 @@ def finetune(
         float,
         typer.Option(help="Share of windows with retrieval practice: word-number needles, a question, its answer."),
     ] = 0.0,
+    sequence_parallel: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Processes that train each window together (DeepSpeed Ulysses); --gpus must be a multiple."
+        ),
+    ] = 1,
     local_rank: LauncherRankOption = None,
 ) -> None:
     """Fine-tune a model with a RoPE scaling applied, on DeepSpeed ZeRO-3; writes a Hugging Face folder."""
@@ -127,6 +133,7 @@ def finetune(
         position_skip=parse_length(position_skip, "--position-skip") if position_skip is not None else None,
         short_share=short_share,
         needle_share=needle_share,
+        sequence_parallel=sequence_parallel,
     )
     world = launcher_world()
     if gpus is not None and gpus < 1:

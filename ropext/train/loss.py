@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, _logit_transform
 from ropext.train.needles import ANSWER_WEIGHT
+from ropext.train.sequence_parallel import IGNORE, SequenceGroup, shard, shifted_labels
 
 
 def _hidden_states(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
@@ -115,6 +116,64 @@ def causal_lm_losses(
     return total[0] / (rows * (length - 1)), total[1]
 
 
+def sharded_window_losses(
+    model: Any,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    weights: torch.Tensor | None,
+    chunk_tokens: int,
+    sequence: SequenceGroup,
+) -> torch.Tensor:
+    """Sequence parallelism: [summed NLL, summed answer-weighted NLL] over the next tokens of whole windows
+    [rows, L], this process computing its shard only; differentiable, equal on every process of the group.
+
+    Labels are shifted before the windows are cut (the last token of a shard predicts the first of the next).
+    Each shard's sums come from its chunked, checkpointed projection (never [L, vocab] logits) and are added
+    across the group with a differentiable all-reduce: its backward adds the group's gradients of the total
+    back into every shard, which DeepSpeed's average over all ``dp × sp`` processes turns into the average
+    over data-parallel windows, as one process per window would get. ``weights`` [rows, L]: each label's
+    share of its row's answer mean (None: no answers; the second sum is 0).
+    """
+    import torch.distributed.nn.functional as dist_fn
+
+    labels = shard(shifted_labels(input_ids), sequence.rank, sequence.size)
+    local_ids = shard(input_ids, sequence.rank, sequence.size)
+    local_positions = shard(position_ids, sequence.rank, sequence.size)
+    local_weights = None if weights is None else shard(weights, sequence.rank, sequence.size)
+    head = model.get_output_embeddings()
+    if head is None:
+        raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
+    hidden = _hidden_states(model, local_ids, local_positions)
+    transform = _logit_transform(model.config)
+
+    def chunk_losses(states: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        logits = transform(head(states).float())
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=IGNORE)
+        weighted = nll.new_zeros(()) if weight is None else (nll * weight.flatten()).sum()
+        return torch.stack([nll.sum(), weighted])
+
+    rows, length = local_ids.shape
+    positions = max(1, chunk_tokens // rows)
+    total = hidden.new_zeros(2, dtype=torch.float32)
+    for start in range(0, length, positions):
+        stop = min(start + positions, length)
+        total = total + checkpoint(
+            chunk_losses,
+            hidden[:, start:stop],
+            labels[:, start:stop],
+            None if local_weights is None else local_weights[:, start:stop],
+            use_reentrant=False,
+        )
+    return dist_fn.all_reduce(total, group=sequence.group)
+
+
+def answer_weights(answers: torch.Tensor) -> torch.Tensor:
+    """Each predicted token's share of its row's mean answer loss: [rows, L] over labels (shifted by one)."""
+    targets = answers[:, 1:].to(torch.float32)
+    weights = targets / targets.sum(dim=1, keepdim=True).clamp(min=1)
+    return F.pad(weights, (0, 1))
+
+
 class ChunkedLossModel(nn.Module):
     """A causal LM whose ``forward(input_ids)`` returns `causal_lm_loss`: the module DeepSpeed trains.
 
@@ -133,6 +192,7 @@ class ChunkedLossModel(nn.Module):
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         original: int | None = None,
         answer_weight: float = ANSWER_WEIGHT,
+        sequence: SequenceGroup | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -140,6 +200,8 @@ class ChunkedLossModel(nn.Module):
         self.original = original
         """The original context length: rows with position ids past it use longrope's long factors."""
         self.answer_weight = answer_weight
+        self.sequence = sequence
+        """Sequence parallelism: every process of the group gets whole windows and computes its shard."""
 
     @property
     def config(self) -> Any:
@@ -148,6 +210,8 @@ class ChunkedLossModel(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None, answers: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.sequence is not None:
+            return self._sharded(input_ids, position_ids, answers)
         if answers is not None:
             return self._with_answers(input_ids, position_ids, answers)
         if position_ids is None or self.original is None:
@@ -194,3 +258,34 @@ class ChunkedLossModel(nn.Module):
             answer = answer + group_answer
         lm = lm / rows
         return lm + self.answer_weight * answer / rows, lm.detach(), answer.detach()
+
+    def _sharded(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, answers: torch.Tensor | None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As the other paths, with each window's positions split over the sequence-parallel group."""
+        assert self.sequence is not None
+        rows, length = input_ids.shape
+        if position_ids is None:
+            # Ulysses needs position ids: it gathers them to attend over the whole window.
+            position_ids = torch.arange(length, device=input_ids.device).expand(rows, length)
+        groups: list[Any] = [slice(None)]
+        if self.original is not None:
+            # Decided from whole windows, so every process of the group runs the same forwards.
+            long = position_ids.amax(dim=1) >= self.original
+            if bool(long.any()) and not bool(long.all()):
+                groups = [~long, long]
+        weights = None if answers is None else answer_weights(answers)
+        total = input_ids.new_zeros(2, dtype=torch.float32)
+        for chosen in groups:
+            total = total + sharded_window_losses(
+                self.model,
+                input_ids[chosen],
+                position_ids[chosen],
+                None if weights is None else weights[chosen],
+                self.chunk_tokens,
+                self.sequence,
+            )
+        lm = total[0] / (rows * (length - 1))
+        if answers is None:
+            return lm
+        return lm + self.answer_weight * total[1] / rows, lm.detach(), total[1].detach()

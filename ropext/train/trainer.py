@@ -50,6 +50,15 @@ from ropext.train.data import (
     with_short_regime,
 )
 from ropext.train.needles import ANSWER_WEIGHT, NEEDLES, NeedlePlan, check_needle_share
+from ropext.train.sequence_parallel import (
+    SequenceGroup,
+    check_heads,
+    check_sequence_parallel,
+    hold_window_regime,
+    model_heads,
+    register_ulysses,
+    split_world,
+)
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -99,6 +108,9 @@ class FinetuneRequest:
     """Share of windows trained at positions within the original length (short factors); needs position_skip."""
     needle_share: float = 0.0
     """Share of windows carrying retrieval practice (ropext/train/needles.py); 0: none, plain windows."""
+    sequence_parallel: int = 1
+    """Processes that train each window together (ropext/train/sequence_parallel.py); the world is
+    data-parallel × this."""
 
 
 @dataclass
@@ -141,8 +153,13 @@ class Plan:
         return ds_config.grad_accum(self.config)
 
     @property
+    def data_parallel(self) -> int:
+        """Groups of processes that train different windows (each group of ``sequence_parallel`` processes)."""
+        return self.world_size // self.request.sequence_parallel
+
+    @property
     def samples_per_step(self) -> int:
-        return self.micro_batch * self.grad_accum * self.world_size
+        return self.micro_batch * self.grad_accum * self.data_parallel
 
     def settings(self) -> dict[str, Any]:
         """What decides the data and the model's frequencies: a resumed run must agree on all of it."""
@@ -161,6 +178,8 @@ class Plan:
                     **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
                     **({"short_share": request.short_share} if request.short_share else {}),
                     **({"needle_share": request.needle_share} if request.needle_share else {}),
+                    # ZeRO-3's shards and the data order follow the group layout.
+                    **({"sequence_parallel": request.sequence_parallel} if request.sequence_parallel > 1 else {}),
                 }
             )
         )
@@ -171,7 +190,7 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     """Check every input and prepare the data; raises `RopextError` for anything wrong, loads no weights."""
     from ropext.data.corpus import open_corpus
     from ropext.data.tokenized import tokenize_corpus
-    from ropext.model.loading import load_layout, load_tokenizer, materialize
+    from ropext.model.loading import load_config, load_layout, load_tokenizer, materialize
     from ropext.model.prepared import choose_scaling
 
     _check_numbers(request)
@@ -185,12 +204,16 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         grad_accum=request.grad_accum,
     )
     _check_attention(request.attn)
+    check_sequence_parallel(request.sequence_parallel, world_size, request.train_length, request.attn)
     check_sdpa_backend(request.sdpa_backend)
     if request.init not in INITIALISATIONS:
         raise RopextError(f"unknown --init {request.init!r}; use one of {', '.join(INITIALISATIONS)}")
     if not request.factors.is_file():
         raise RopextError(f"factors file {request.factors} does not exist")
     source, layout = load_layout(request.model)
+    if request.sequence_parallel > 1:
+        heads, kv_heads = model_heads(load_config(source))
+        check_heads(heads, kv_heads, request.sequence_parallel, request.model)
     scaling = choose_scaling(layout, factors=request.factors)
     assert scaling is not None
     original = scaling.original_max_position_embeddings
@@ -334,8 +357,8 @@ def _check_resumable(plan: Plan) -> None:
             what = f"{key} {_shown(before.get(key))}, not {_shown(value)}"
         raise RopextError(
             f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with the same "
-            "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip, --short-share and "
-            "--needle-share, "
+            "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip, --short-share, "
+            "--needle-share and --sequence-parallel, "
             "or choose a new --out"
         )
 
@@ -432,9 +455,10 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
     _enable_activation_checkpointing(model)
     model.config.use_cache = False  # no KV cache while training (and no warning about it per step)
     original = plan.scaling.original_max_position_embeddings if plan.positions.active else None
-    module = ChunkedLossModel(model, request.chunk_tokens, original)
+    mpu, sequence = _sequence_parallel(model, plan, world)
+    module = ChunkedLossModel(model, request.chunk_tokens, original, sequence=sequence)
     engine, *_ = deepspeed.initialize(
-        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config
+        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config, mpu=mpu
     )
     del zero3_loading  # transformers' ZeRO-3 loading hook is needed by from_pretrained only
     verify_after_zero3(engine.module, plan.scaling)
@@ -513,6 +537,20 @@ def _load_model(plan: Plan, config: dict[str, Any], dtype: Any) -> tuple[Any, An
     return model, zero3_loading
 
 
+def _sequence_parallel(model: Any, plan: Plan, world: World) -> tuple[Any, SequenceGroup | None]:
+    """With --sequence-parallel N > 1: DeepSpeed's Ulysses attention and groups (its ``mpu``), and this process's
+    group, whose processes all use the window's RoPE regime; (None, None) otherwise."""
+    size = plan.request.sequence_parallel
+    if size == 1:
+        return None, None
+    mpu = register_ulysses(model, size, plan.micro_batch, plan.request.train_length, plan.request.attn)
+    group = SequenceGroup(mpu.get_sequence_parallel_group(), mpu.get_sequence_parallel_rank(), size)
+    # The data order (_optimizer_step) assumes DeepSpeed's layout: groups of consecutive ranks.
+    assert group.rank == split_world(world.rank, world.size, size)[2], (group.rank, world.rank, size)
+    hold_window_regime(model, group)
+    return mpu, group
+
+
 def _enable_activation_checkpointing(model: Any) -> None:
     # Non-reentrant checkpointing recomputes each decoder layer in backward; transformers renamed the method
     # (activation_checkpointing_enable, the old name warns), older 5.x releases have only the old one.
@@ -540,15 +578,18 @@ def _optimizer_step(engine: Any, plan: Plan, world: World, samples: int) -> tupl
     """One optimizer step: ``grad_accum`` micro batches on this process; returns their mean language-model
     loss, and the sum of the mean answer losses of their practice windows and how many there were.
 
-    Micro step m of process r reads samples ``samples + (m · world + r) · micro`` onwards, so the processes
-    and micro steps together consume ``samples_per_step`` consecutive samples.
+    Micro step m of data-parallel rank r (of d) reads samples ``samples + (m · d + r) · micro`` onwards, so the
+    processes and micro steps together consume ``samples_per_step`` consecutive samples. Without sequence
+    parallelism each process is its own data-parallel rank; with it, every process of a group reads the same
+    windows (with their positions and practice, pure functions of the seed and the sample) and trains its shard.
     """
     import torch
 
     micro = plan.micro_batch
+    dp_rank, dp_size, _ = split_world(world.rank, world.size, plan.request.sequence_parallel)
     total, answer_total, practice = 0.0, 0.0, 0
     for m in range(plan.grad_accum):
-        first = samples + (m * world.size + world.rank) * micro
+        first = samples + (m * dp_size + dp_rank) * micro
         windows = plan.windows.batch(first, micro)
         answers = None
         if plan.needles.active:
