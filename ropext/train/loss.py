@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, _logit_transform
 from ropext.train.needles import ANSWER_WEIGHT
+from ropext.train.regimes import rows_keep_their_regime
 from ropext.train.sequence_parallel import IGNORE, SequenceGroup, shard, shifted_labels
 
 
@@ -216,47 +217,20 @@ class ChunkedLossModel(nn.Module):
             return self._with_answers(input_ids, position_ids, answers)
         if position_ids is None or self.original is None:
             return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
-        # longrope picks one factor set per forward, from the batch's largest position id: short-position and
-        # long-position rows of one micro batch run as separate forwards so each gets its own factors.
-        long = position_ids.amax(dim=1) >= self.original
-        if bool(long.all()):
+        # longrope picks one factor set per forward; the rotary modules give each row its own instead.
+        with rows_keep_their_regime(self.model, self.original):
             return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
-        if not bool(long.any()):
-            return causal_lm_loss(self.model, input_ids, self.chunk_tokens, position_ids)
-        total = input_ids.new_zeros((), dtype=torch.float32)
-        short = ~long
-        total = total + causal_lm_loss(self.model, input_ids[short], self.chunk_tokens, position_ids[short]) * int(
-            short.sum()
-        )
-        total = total + causal_lm_loss(self.model, input_ids[long], self.chunk_tokens, position_ids[long]) * int(
-            long.sum()
-        )
-        return total / input_ids.shape[0]
 
     def _with_answers(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, answers: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = input_ids.shape[0]
-        groups: list[Any] = [slice(None)]
         if position_ids is not None and self.original is not None:
-            # As for the plain loss: short- and long-position rows run as separate forwards.
-            long = position_ids.amax(dim=1) >= self.original
-            if bool(long.any()) and not bool(long.all()):
-                groups = [~long, long]
-        lm = input_ids.new_zeros((), dtype=torch.float32)
-        answer = input_ids.new_zeros((), dtype=torch.float32)
-        for chosen in groups:
-            ids = input_ids[chosen]
-            group_lm, group_answer = causal_lm_losses(
-                self.model,
-                ids,
-                answers[chosen],
-                self.chunk_tokens,
-                None if position_ids is None else position_ids[chosen],
-            )
-            lm = lm + group_lm * ids.shape[0]
-            answer = answer + group_answer
-        lm = lm / rows
+            # As for the plain loss: every row keeps its own regime within the one forward.
+            with rows_keep_their_regime(self.model, self.original):
+                lm, answer = causal_lm_losses(self.model, input_ids, answers, self.chunk_tokens, position_ids)
+        else:
+            lm, answer = causal_lm_losses(self.model, input_ids, answers, self.chunk_tokens, position_ids)
         return lm + self.answer_weight * answer / rows, lm.detach(), answer.detach()
 
     def _sharded(

@@ -29,6 +29,7 @@ from ropext.model.loading import load_layout
 from ropext.scaling import RopeScaling
 from ropext.train.data import PositionPlan, with_short_regime
 from ropext.train.loss import ChunkedLossModel, _hidden_states, causal_lm_loss
+from ropext.train.regimes import rows_keep_their_regime
 
 TRAIN_LENGTH, TARGET = 128, 1024
 STEPS, HALF = 8, 4
@@ -131,6 +132,34 @@ def test_mixed_micro_batch_matches_each_window_alone(tiny_model: Path, scaling: 
     assert together == pytest.approx(sum(alone) / 2, rel=1e-5)
     # and not what one forward of both rows (long factors for both) would give
     assert together != pytest.approx(one_forward, rel=1e-4)
+
+
+def test_a_mixed_batch_runs_one_forward_with_each_rows_own_regime(tiny_model: Path, scaling: RopeScaling) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    apply_scaling(model, scaling)
+    (_, rotary), *_ = rotary_modules(model)
+    plan = PositionPlan(TRAIN_LENGTH, ORIGINAL_CONTEXT, TARGET, seed=0)
+    # long, short, long: the short row sits between two long ones
+    positions = torch.stack(
+        [torch.from_numpy(plan.positions(0)), torch.arange(TRAIN_LENGTH), torch.from_numpy(plan.positions(1))]
+    )
+    x = torch.zeros(3, TRAIN_LENGTH, 8)
+    with rows_keep_their_regime(model, ORIGINAL_CONTEXT):
+        cos, sin = rotary(x, positions)
+    for row in range(3):
+        alone_cos, alone_sin = rotary(x[row : row + 1], positions[row : row + 1])
+        assert torch.equal(cos[row], alone_cos[0]) and torch.equal(sin[row], alone_sin[0]), row
+    shared, _ = rotary(x, positions)  # without the block: one regime (the long one) for every row
+    assert not torch.allclose(shared[1], cos[1], atol=1e-3)
+    assert "forward" not in vars(rotary)  # the class's forward is back
+    forwards = []
+    hook = model.model.register_forward_hook(lambda *_: forwards.append(1))
+    module = ChunkedLossModel(model, chunk_tokens=64, original=ORIGINAL_CONTEXT)
+    ids = torch.randint(0, model.config.vocab_size, (3, TRAIN_LENGTH), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        module(ids, positions)
+    hook.remove()
+    assert len(forwards) == 1  # the decoder ran once for the mixed batch
 
 
 def test_skipped_windows_attend_across_the_skip(tiny_model: Path, scaling: RopeScaling) -> None:
