@@ -195,8 +195,13 @@ def resolve_dtype(name: str | None, device: str) -> Any:
 
 
 def load_model(source: ModelSource, device: str = "cpu", dtype: Any = None, attn_implementation: str = "sdpa") -> Any:
-    """A causal LM in eval mode on ``device``; its weights must be present (GGUF is dequantised)."""
+    """A causal LM in eval mode on ``device``; its weights must be present (GGUF is dequantised).
+
+    ``sdpa`` on a model with sliding-window layers loads as ``ropext_sdpa`` (ropext/model/sliding_attention.py),
+    which never builds a length x length mask for them."""
     from transformers import AutoModelForCausalLM
+
+    from ropext.model.sliding_attention import attention_implementation
 
     quiet_transformers()
     source = materialize(source)
@@ -207,6 +212,7 @@ def load_model(source: ModelSource, device: str = "cpu", dtype: Any = None, attn
                 f"model folder {folder} has a config but no weights (*.safetensors); "
                 "config-only folders serve weight-free methods (`ropext search --method pi|yarn|...`) only"
             )
+    attn_implementation = attention_implementation(load_config(source), attn_implementation)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path, dtype=dtype, attn_implementation=attn_implementation, **source.pretrained_kwargs()
