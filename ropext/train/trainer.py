@@ -37,6 +37,7 @@ from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS
 from ropext.model.layout import RotaryLayout
 from ropext.model.loading import ModelSource
 from ropext.model.sdpa import check_sdpa_backend, sdpa_context
+from ropext.model.sliding_attention import attention_implementation
 from ropext.permissions import follow_umask
 from ropext.progress import ProgressDisplay
 from ropext.scaling import RopeScaling, write_text_atomic
@@ -522,14 +523,19 @@ def _load_model(plan: Plan, config: dict[str, Any], dtype: Any) -> tuple[Any, An
 
     zero3_loading = HfDeepSpeedConfig(json.loads(json.dumps(config)))
     try:
+        model_config = AutoConfig.from_pretrained(plan.source.path, **plan.source.pretrained_kwargs())
+        attn = plan.request.attn
+        if plan.request.sequence_parallel == 1:
+            # sdpa on a model with sliding layers becomes ropext_sdpa (no length x length mask), as in evaluation;
+            # Ulysses wraps transformers' own "sdpa", so a sequence-parallel run keeps it.
+            attn = attention_implementation(model_config, attn)
         if plan.request.init == "random":
             # from_config initialises under deepspeed.zero.Init too (HfDeepSpeedConfig is alive), so a model
             # larger than one GPU is created already partitioned.
-            model_config = AutoConfig.from_pretrained(plan.source.path, **plan.source.pretrained_kwargs())
-            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype, attn_implementation=plan.request.attn)
+            model = AutoModelForCausalLM.from_config(model_config, dtype=dtype, attn_implementation=attn)
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                plan.source.path, dtype=dtype, attn_implementation=plan.request.attn, **plan.source.pretrained_kwargs()
+                plan.source.path, dtype=dtype, attn_implementation=attn, **plan.source.pretrained_kwargs()
             )
     except (OSError, ValueError, KeyError, ImportError) as err:
         text = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -191,3 +191,26 @@ def test_load_model_picks_it_for_sliding_models_only(tmp_path: Path) -> None:
     )
     loaded.save_pretrained(tmp_path / "saved")
     assert NAME not in (tmp_path / "saved" / "config.json").read_text()
+
+
+def test_training_loss_and_gradients_equal_sdpa(gemma: Any) -> None:
+    """Fine-tuning loads sliding models with it too: the chunked training loss and its gradients through the
+    block-wise attention equal transformers' sdpa, at a length several windows long, with PoSE-like positions."""
+    from ropext.train.loss import ChunkedLossModel
+
+    length = 5 * WINDOW
+    ids = _tokens(length).expand(2, -1).clone()
+    positions = torch.stack([torch.arange(length), torch.arange(length) + torch.arange(length).ge(length // 2) * 40])
+    results = []
+    for implementation in ("sdpa", NAME):
+        gemma.set_attn_implementation(implementation)
+        gemma.zero_grad()
+        loss = ChunkedLossModel(gemma, chunk_tokens=32)(ids, positions)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in gemma.named_parameters() if p.grad is not None}))
+    (loss_sdpa, grads_sdpa), (loss_ours, grads_ours) = results
+    torch.testing.assert_close(loss_ours, loss_sdpa, rtol=1e-5, atol=1e-6)
+    assert grads_sdpa.keys() == grads_ours.keys() and grads_sdpa
+    for name in grads_sdpa:
+        torch.testing.assert_close(grads_ours[name], grads_sdpa[name], rtol=1e-4, atol=1e-6, msg=name)
+    gemma.zero_grad()
