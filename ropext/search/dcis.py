@@ -135,14 +135,10 @@ class Dcis:
         history = [score]
         requested = 1
 
-        def attention_step() -> None:
+        def take_best(proposals: list[Candidate]) -> None:
+            """Score a step's proposals; the best replaces the incumbent only if it beats it."""
             nonlocal current, score, requested
-            if space.attention is None:
-                return
-            proposals = [
-                replace(current, attention=_bounded_attention(current.attention * (1 + v)))
-                for v in increments(rng, params.candidates, ATTENTION_RANGE, params.spacing)
-            ]
+            # Only a proposal better than the incumbent matters: the incumbent is the bound.
             scores = objective(proposals, bound=current)
             requested += len(proposals)
             best, best_score = best_of(proposals, scores)
@@ -151,6 +147,11 @@ class Dcis:
             history.append(score)
             if on_step is not None:
                 on_step(score)
+
+        def attention_step() -> None:
+            if current.attention is not None:
+                steps = increments(rng, params.candidates, ATTENTION_RANGE, params.spacing)
+                take_best([replace(current, attention=_bounded_attention(current.attention * (1 + v))) for v in steps])
 
         attention_step()
         # (s − 1)/2 spans PI ± half its distance from the original; a floor keeps short-context
@@ -166,15 +167,7 @@ class Dcis:
                     for i in range(start, stop):
                         factors[i] = min(max(factors[i] + v, lows[i]), high)
                     proposals.append(Candidate(tuple(factors), attention=current.attention))
-                # Only a proposal better than the incumbent matters: the incumbent is the bound.
-                scores = objective(proposals, bound=current)
-                requested += len(proposals)
-                best, best_score = best_of(proposals, scores)
-                if best_score < score:
-                    current, score = best, best_score
-                history.append(score)
-                if on_step is not None:
-                    on_step(score)
+                take_best(proposals)
             half_width *= params.shrink
         attention_step()
         return SearchResult(current, score, requested, history, asdict(params))

@@ -37,6 +37,14 @@ def _hidden_states(model: Any, input_ids: torch.Tensor, position_ids: torch.Tens
     ).last_hidden_state
 
 
+def _decoded(model: Any, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> tuple[Any, torch.Tensor, Any]:
+    """The output projection, the last hidden states and the model's logit transform (soft-capping, scales)."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
+    return head, _hidden_states(model, input_ids, position_ids), _logit_transform(model.config)
+
+
 def causal_lm_loss(
     model: Any,
     input_ids: torch.Tensor,
@@ -50,11 +58,7 @@ def causal_lm_loss(
     """
     if input_ids.dim() != 2 or input_ids.shape[1] < 2:
         raise ValueError(f"input_ids must be [batch, length >= 2], got {tuple(input_ids.shape)}")
-    head = model.get_output_embeddings()
-    if head is None:
-        raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
-    hidden = _hidden_states(model, input_ids, position_ids)
-    transform = _logit_transform(model.config)
+    head, hidden, transform = _decoded(model, input_ids, position_ids)
 
     def chunk_loss(states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = transform(head(states).float())
@@ -88,11 +92,7 @@ def causal_lm_losses(
     """
     if answers.shape != input_ids.shape:
         raise ValueError(f"answers must match input_ids {tuple(input_ids.shape)}, got {tuple(answers.shape)}")
-    head = model.get_output_embeddings()
-    if head is None:
-        raise RopextError(f"{type(model).__name__} has no output projection; it is not a causal language model")
-    hidden = _hidden_states(model, input_ids, position_ids)
-    transform = _logit_transform(model.config)
+    head, hidden, transform = _decoded(model, input_ids, position_ids)
     # Each answer token's share of its row's mean (float32, like the losses).
     targets_answer = answers[:, 1:].to(torch.float32)
     weights = targets_answer / targets_answer.sum(dim=1, keepdim=True).clamp(min=1)
