@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 13's GPU measurements (to be run; nothing here has been measured yet). One group per GPU; every stage
+# resumes (result files, search journals, fine-tune checkpoints), so a group cut short is rerun as it was.
+#
+#   bench/long_context_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
+#     gemma-closed  gemma3-270m as it is and with YaRN 32k -> 128k: perplexity (books, proofs), passkey, RULER
+#     gemma-dcis    DCIS 32k -> 128k on gemma3-270m (3 documents), then the same evaluation, untuned and after a
+#                   PoSE fine-tune at 16k (positions to 128k, 200 steps x 64k tokens)
+#     ulysses       a 7B Llama-2 shape (random weights) fine-tuned at 64k and 128k on two GPUs, with and without
+#                   --sequence-parallel 2: tokens/s per GPU, MFU, peak memory (or the out-of-memory it hits)
+#     engine-7b     the search engine's seconds per candidate for the 7B shape at 32k, 64k, 128k on one GPU
+#     DATA_DIR  folder with books-dev.jsonl.gz and proofs-dev.jsonl.gz (default .device/data)
+#     WORK_DIR  models and scratch (default /tmp/ropext-long)
+set -euo pipefail
+group=$1 data=${2:-.device/data} work=${3:-/tmp/ropext-long}
+out=bench/results/long-context-h200
+mkdir -p "$out" "$work"
+gemma=(
+  --model gemma3-270m --corpus "$data/books-dev.jsonl.gz" --second-corpus "proofs=$data/proofs-dev.jsonl.gz"
+  --train-lengths 16k --tokens-per-step 64k --steps 200
+  --eval-lengths 8k,32k,64k,128k --eval-skip 3 --eval-docs 8 --train-skip 11
+  --passkey-lengths 64k,128k --trials 20 --depths spread
+  --ruler-tasks niah_single_1,niah_single_2,niah_multikey_1,vt,fwe --ruler-lengths 32k,128k --ruler-samples 20
+  --out-dir "$out" --work-dir "$work/models"
+)
+case $group in
+  gemma-closed)
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors original=none --factors yarn-128k=yarn:128k --modes none ;;
+  gemma-dcis)
+    [ -f "$out/gemma-dcis-128k.yaml" ] || python3 -m ropext search --model gemma3-270m --method dcis -t 128k \
+      --corpus "$data/books-dev.jsonl.gz" --samples 3 --out "$out/gemma-dcis-128k.yaml"
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k=$out/gemma-dcis-128k.yaml" --modes pose ;;
+  ulysses)
+    [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
+    [ -f "$work/l7b-yarn-128k.yaml" ] || python3 -m ropext search --model "$work/l7b" --method yarn -t 128k \
+      --out "$work/l7b-yarn-128k.yaml"
+    for sp in 2 1; do
+      python3 bench/finetune_throughput.py --model "$work/l7b" --factors "$work/l7b-yarn-128k.yaml" \
+        --corpus "$data/books-dev.jsonl.gz" --lengths 64k,128k --steps 6 --gpus 2 --out-dir "$work/ft-sp$sp" \
+        --summary "$out/ulysses-7b-sp$sp.md" -- --init random --no-save-model --sequence-parallel "$sp" || true
+    done ;;
+  engine-7b)
+    [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
+    python3 bench/search.py engine --model "$work/l7b" --corpus "$data/books-dev.jsonl.gz" --out-dir "$out/engine-7b" \
+      --engine-lengths 32k,64k,128k ;;
+  *) echo "unknown group $group: gemma-closed, gemma-dcis, ulysses or engine-7b" >&2; exit 2 ;;
+esac
