@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--ruler-samples", type=int, default=20)
     parser.add_argument("--untuned", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--summary-only", action="store_true", help="tabulate the rows already measured; run nothing")
+    parser.add_argument(
+        "--train-only", action="store_true", help="only the fine-tunes: no evaluation, summary.md left as it is"
+    )
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--work-dir", type=Path, default=None, help="where models go (default: --out-dir/models)")
     args = parser.parse_args()
@@ -92,6 +95,8 @@ def main() -> None:
                     _finetune(args, path, length, out, longest, MODES[mode](args, path))
                 label = "" if mode == "plain" else f", {mode}"
                 runs.append((f"{name}, fine-tuned at {format_length(length)}{label}", str(out), ""))
+    if args.train_only:
+        return
     rows = []
     for name, model, path in runs:
         results = args.out_dir / _slug(name)
@@ -228,6 +233,7 @@ def _read(path: Path) -> dict:
 def _summary(args: argparse.Namespace, rows: list[tuple[str, Path]], lengths: list[int]) -> None:
     from ropext.lengths import format_length, parse_lengths
 
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     passkey_lengths = parse_lengths(args.passkey_lengths, "--passkey-lengths")
     domains = [("books", "ppl.json")]
     if args.second_corpus:

@@ -8,6 +8,7 @@
 #     GROUP     finetune-dcis (plain and PoSE) | finetune-mixed (the model, the untuned scalings, mixed windows)
 #               | needle (DCIS with the needle objective, then its evaluation) | summary (every row measured)
 #               | v2-pose | v2-short | v2-summary (round 2, below)
+#               | v3-128k | v3-ruler | v3-more | v3-summary (round 3, below)
 #     DATA_DIR  folder with books-dev.jsonl.gz and proofs-dev.jsonl.gz (default .device/data)
 #     WORK_DIR  where fine-tuned models go (default /tmp/ropext-models)
 set -euo pipefail
@@ -32,7 +33,17 @@ v2=(
   --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 32k,64k --ruler-samples 20
   --out-dir bench/results/retrieval-v2-h200 --work-dir "$work"
 )
-mkdir -p bench/results/retrieval-v2-h200
+kept128=bench/results/retrieval-v3-h200/dcis-128k-kept.yaml  # search --keep-short-context, 2 documents, racing
+v3=(
+  --corpus "$data/books-dev.jsonl.gz" --second-corpus "proofs=$data/proofs-dev.jsonl.gz"
+  --train-lengths 8k --tokens-per-step 32k --steps 200 --short-share 0.25 --needle-share 0.25
+  --eval-lengths 8k,16k,32k,64k,128k --eval-skip 5 --eval-docs 10 --train-skip 15
+  --passkey-lengths 32k,64k,128k --trials 20 --depths spread
+  --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 64k,128k --ruler-samples 20
+  --out-dir bench/results/retrieval-v3-h200 --work-dir "$work"
+)
+ruler_best=bench/results/retrieval-v3-h200/ruler-dcis-64k-kept-mixed-needles.json
+mkdir -p bench/results/retrieval-v2-h200 bench/results/retrieval-v3-h200
 case $group in
   finetune-dcis) python3 bench/finetune_quality.py "${common[@]}" --factors "dcis-64k=$dcis" --modes plain,pose --no-untuned ;;
   finetune-mixed)
@@ -57,6 +68,28 @@ case $group in
   v2-summary)
     python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k=$dcis" --factors "dcis-64k-kept=$kept" \
       --modes plain,pose,pose-needles,mixed,mixed-needles --summary-only ;;
-  *) echo "unknown group $group: finetune-dcis, finetune-mixed, needle, summary, v2-pose, v2-short or v2-summary" >&2
+  # Round 3 (to be run): the round-2 recipe (search --keep-short-context, then mixed windows + retrieval
+  # practice) for 8k -> 128k; RULER's 11 tasks on round 2's best 64k fine-tune; more practice within 10M tokens.
+  v3-128k)
+    [ -f "$kept128" ] || python3 -m ropext search --model smollm2-135m --method dcis -t 128k --keep-short-context \
+      --corpus "$data/books-dev.jsonl.gz" --samples 2 --race --out "$kept128"
+    python3 bench/finetune_quality.py "${v3[@]}" --factors "dcis-128k-kept=$kept128" --modes mixed-needles --no-untuned ;;
+  v3-ruler)
+    # the fine-tune again (same command, seed and data as round 2: the models were not kept), then all of RULER
+    python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k-kept=$kept" --modes mixed-needles --no-untuned \
+      --train-only
+    python3 -m ropext eval ruler --model "$work/dcis-64k-kept-ft8k-mixed-needles" --lengths 8k,32k,64k \
+      --samples 20 --batch-size 20 --json "$ruler_best" ;;
+  v3-more)
+    # 300 steps (9.8M tokens) with practice in half the windows
+    python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k-kept=$kept" --modes mixed-needles \
+      --no-untuned --steps 300 --needle-share 0.5 --out-dir bench/results/retrieval-v3-more-h200 --work-dir "$work/more" ;;
+  v3-summary)
+    python3 bench/finetune_quality.py "${v3[@]}" --factors "dcis-128k-kept=$kept128" --modes mixed-needles --no-untuned \
+      --summary-only
+    python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k-kept=$kept" --modes mixed-needles --no-untuned \
+      --steps 300 --needle-share 0.5 --out-dir bench/results/retrieval-v3-more-h200 --work-dir "$work/more" --summary-only ;;
+  *) echo "unknown group $group: finetune-dcis, finetune-mixed, needle, summary, v2-pose, v2-short, v2-summary," \
+       "v3-128k, v3-ruler, v3-more or v3-summary" >&2
      exit 2 ;;
 esac
