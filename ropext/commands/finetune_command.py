@@ -21,6 +21,7 @@ from ropext.commands.common import console
 from ropext.commands.options import ModelOption
 from ropext.commands.rerun import command_line
 from ropext.errors import RopextError
+from ropext.train.defaults import AUTO, AUTO_NEEDLE_SHARE, AUTO_SHORT_SHARE
 
 LAUNCHER = "deepspeed"
 LauncherRankOption = Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)]
@@ -78,19 +79,27 @@ def finetune(
         bool, typer.Option(help="Write the final Hugging Face model folder (--no-save-model for throughput runs).")
     ] = True,
     position_skip: Annotated[
-        str | None,
-        typer.Option(help="PoSE: skip position ids so each window spans up to this length (e.g. 64k; default off)."),
-    ] = None,
-    short_share: Annotated[
-        float,
+        str,
         typer.Option(
-            help="Share of windows at positions within the original length (short factors); needs --position-skip."
+            help="PoSE: skip position ids so each window spans up to this length (64k); off: plain positions; "
+            "auto: the scaling's max_position_embeddings when above the train length and the original length."
         ),
-    ] = 0.0,
+    ] = AUTO,
+    short_share: Annotated[
+        str,
+        typer.Option(
+            help="Share of windows at positions within the original length (short factors); needs --position-skip. "
+            f"auto: {AUTO_SHORT_SHARE} when the scaling has its own short factors, positions are skipped and "
+            "--train-length is within the original length; else 0."
+        ),
+    ] = AUTO,
     needle_share: Annotated[
-        float,
-        typer.Option(help="Share of windows with retrieval practice: word-number needles, a question, its answer."),
-    ] = 0.0,
+        str,
+        typer.Option(
+            help="Share of windows with retrieval practice: word-number needles, a question, its answer. "
+            f"auto: {AUTO_NEEDLE_SHARE} when --train-length holds them; else 0."
+        ),
+    ] = AUTO,
     sequence_parallel: Annotated[
         int,
         typer.Option(
@@ -103,6 +112,7 @@ def finetune(
     from ropext.lengths import format_length, parse_length
     from ropext.paths import check_output_folder
     from ropext.registry import load_plugins
+    from ropext.train.defaults import describe, parse_position_skip, parse_share
     from ropext.train.trainer import FinetuneRequest, Interrupted, launcher_world, plan_finetune, run_finetune
 
     load_plugins()
@@ -130,9 +140,9 @@ def finetune(
         init=init,
         sdpa_backend=sdpa_backend,
         save_model=save_model,
-        position_skip=parse_length(position_skip, "--position-skip") if position_skip is not None else None,
-        short_share=short_share,
-        needle_share=needle_share,
+        position_skip=parse_position_skip(position_skip),
+        short_share=parse_share(short_share, "--short-share"),
+        needle_share=parse_share(needle_share, "--needle-share"),
         sequence_parallel=sequence_parallel,
     )
     world = launcher_world()
@@ -149,6 +159,12 @@ def finetune(
     try:
         with shown.status(f"preparing {model} and {corpus}") if is_main else nullcontext():
             plan = plan_finetune(request, world_size=world.size if world is not None else 1)
+        if is_main:  # the windows as resolved (the defaults are chosen from the scaling and the train length)
+            chosen = plan.request
+            shown.print(
+                f"training windows: {describe(chosen.position_skip, chosen.short_share, chosen.needle_share)}",
+                highlight=False,
+            )
         result = run_finetune(plan, world, shown)
     except _out_of_memory() as err:
         raise RopextError(

@@ -25,7 +25,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,13 @@ from ropext.train.data import (
     check_positions,
     training_documents,
     with_short_regime,
+)
+from ropext.train.defaults import (
+    AUTO,
+    Auto,
+    resolve_needle_share,
+    resolve_position_skip,
+    resolve_short_share,
 )
 from ropext.train.needles import ANSWER_WEIGHT, NEEDLES, NeedlePlan, check_needle_share
 from ropext.train.sequence_parallel import (
@@ -103,12 +110,16 @@ class FinetuneRequest:
     """SDPA kernels (ropext.model.sdpa): cuDNN first by default, as for search and evaluation."""
     save_model: bool = True
     """False: no final Hugging Face folder (throughput runs); checkpoints are still written as asked."""
-    position_skip: int | None = None
-    """PoSE: long windows' position ids span up to this length (None: 0 .. train length - 1)."""
-    short_share: float = 0.0
-    """Share of windows trained at positions within the original length (short factors); needs position_skip."""
-    needle_share: float = 0.0
-    """Share of windows carrying retrieval practice (ropext/train/needles.py); 0: none, plain windows."""
+    position_skip: int | Auto | None = AUTO
+    """PoSE: long windows' position ids span up to this length (None: 0 .. train length - 1; `AUTO`: the
+    scaling's target where it lies beyond the train and original lengths, ropext/train/defaults.py)."""
+    short_share: float | Auto = AUTO
+    """Share of windows trained at positions within the original length (short factors); needs position_skip.
+    `AUTO`: 0.25 for a scaling with short factors of its own, with position skipping, at a train length within
+    the original length; else 0."""
+    needle_share: float | Auto = AUTO
+    """Share of windows carrying retrieval practice (ropext/train/needles.py); 0: none, plain windows.
+    `AUTO`: 0.25 where the train length holds practice windows, else 0."""
     sequence_parallel: int = 1
     """Processes that train each window together (ropext/train/sequence_parallel.py); the world is
     data-parallel × this."""
@@ -129,7 +140,8 @@ class TrainState:
 
 @dataclass
 class Plan:
-    """A checked request: everything `run_finetune` needs, computed once."""
+    """A checked request: everything `run_finetune` needs, computed once. Its request holds no `AUTO`: the
+    defaults are resolved to the numbers the run trains with."""
 
     request: FinetuneRequest
     config: dict[str, Any]
@@ -218,10 +230,22 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     scaling = choose_scaling(layout, factors=request.factors)
     assert scaling is not None
     original = scaling.original_max_position_embeddings
+    # The defaults become numbers here, once: the resume identity, metrics and the saved provenance see them.
+    position_skip = resolve_position_skip(
+        request.position_skip, request.train_length, original, scaling.max_position_embeddings
+    )
+    request = replace(
+        request,
+        position_skip=position_skip,
+        short_share=resolve_short_share(
+            request.short_share, scaling.short_factors is not None, position_skip, request.train_length, original
+        ),
+    )
     check_positions(
         request.train_length, original, scaling.max_position_embeddings, request.position_skip, request.short_share
     )
-    check_needle_share(request.needle_share)
+    if request.needle_share != AUTO:
+        check_needle_share(request.needle_share)
     if request.short_share > 0:
         scaling = with_short_regime(scaling)
     if request.init == "pretrained":
@@ -233,6 +257,10 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     separator = tokenizer.eos_token_id
     if separator is None:
         raise RopextError(f"the tokenizer of {request.model} has no eos token to put between training documents")
+    if request.needle_share == AUTO:  # needs the tokenizer: practice's length is counted in its tokens
+        shortest = NeedlePlan(request.train_length, tokenizer=tokenizer).shortest_length()
+        request = replace(request, needle_share=resolve_needle_share(AUTO, request.train_length, shortest))
+    assert AUTO not in (request.position_skip, request.short_share, request.needle_share), request
     needles = NeedlePlan(request.train_length, request.needle_share, request.seed, tokenizer)
     needles.check_length()  # before the corpus is tokenised, the slow part of planning
     corpus_files = open_corpus(request.corpus)
@@ -356,6 +384,12 @@ def _check_resumable(plan: Plan) -> None:
             what = f"other factors than {plan.request.factors}"
         else:
             what = f"{key} {_shown(before.get(key))}, not {_shown(value)}"
+        if key in _WINDOW_OPTIONS:  # the option that gives the checkpoint's windows (its default may differ)
+            option = f"--{key.replace('_', '-')}"
+            raise RopextError(
+                f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with "
+                f"{option} {_WINDOW_OPTIONS[key](before.get(key))}, or choose a new --out"
+            )
         raise RopextError(
             f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with the same "
             "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip, --short-share, "
@@ -366,6 +400,14 @@ def _check_resumable(plan: Plan) -> None:
 
 def _shown(setting: Any) -> str:
     return "off" if setting is None else repr(setting)
+
+
+_WINDOW_OPTIONS = {
+    "position_skip": lambda value: "off" if value is None else str(value),
+    "short_share": lambda value: str(value or 0),
+    "needle_share": lambda value: str(value or 0),
+}
+"""Settings a checkpoint holds only when used: the command-line value that gives the checkpoint's (absent: off/0)."""
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -2,8 +2,10 @@
 
 Every training run is a `python -m ropext` subprocess: DeepSpeed's process group lives as long as its
 process, and a subprocess is also how Ctrl-C is delivered for real. Two independent chains run side by
-side (one per core): train 12 steps then resume to 16; and train until SIGINT then resume. Bad input and
-the pieces (packing, chunked loss, config) are checked in this process.
+side (one per core): train 12 steps then resume to 16; and train until SIGINT then resume. Both run on the
+defaults of the windows' options, which for YaRN to 1k at 128 tokens are PoSE positions to 1k, no short windows
+(YaRN has no short factors) and no retrieval practice (128 tokens cannot hold it). Bad input and the pieces
+(packing, chunked loss, config) are checked in this process.
 """
 
 from __future__ import annotations
@@ -154,6 +156,11 @@ def test_loss_goes_down_and_metrics_are_complete(runs: Runs) -> None:
     assert "Setting accelerator to CPU" in runs.first.stdout + runs.first.stderr  # DeepSpeed logs to stdout
     assert "Traceback" not in runs.first.stderr
     assert f"wrote {runs.out}: {FIRST_STEPS} steps" in runs.first.stdout
+    # The defaults, resolved once and said once before training.
+    assert all(m["position_skip"] == 1024 and m["short_windows"] == 0 for m in metrics)
+    assert not any("needle_windows" in m for m in metrics)
+    said = [line for line in runs.first.stderr.splitlines() if line.startswith("training windows: ")]
+    assert said == ["training windows: PoSE positions up to 1024, no retrieval practice"], runs.first.stderr
 
 
 def test_a_log_gets_plain_progress_lines_during_training(runs: Runs) -> None:
@@ -221,7 +228,10 @@ def test_saved_folder_reloads_with_the_same_frequencies_and_logits(runs: Runs, i
     out = runs.out
     scaling = RopeScaling.load(out / "rope_scaling.yaml")
     assert scaling == RopeScaling.load(inputs.factors)
-    assert scaling.provenance["finetuned"]["steps"] == RESUMED_STEPS
+    finetuned = scaling.provenance["finetuned"]
+    assert finetuned["steps"] == RESUMED_STEPS
+    # numbers, not "auto": the defaults were resolved before anything was recorded
+    assert finetuned["position_skip"] == 1024 and "short_share" not in finetuned and "needle_share" not in finetuned
     # The config carries the scaling as apply.py writes it into a config.
     expected = AutoConfig.from_pretrained(inputs.model)
     configure(expected, scaling)

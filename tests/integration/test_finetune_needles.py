@@ -266,6 +266,9 @@ def test_resume_refuses_another_needle_share(
     sidecar = {"state": {"step": 2, "samples": 2, "tokens": 512, "seconds": 1.0}, "world_size": 1,
                "settings": json.loads(json.dumps(settings))}  # fmt: skip
     (out / "checkpoints" / "step-2" / "ropext.json").write_text(json.dumps(sidecar))
-    command = _finetune(tiny_model, corpus_files.folder, factors, out, "--resume")
+    # plain positions, as the checkpoint has (the defaults would skip positions and mix short windows)
+    command = _finetune(tiny_model, corpus_files.folder, factors, out, "--resume", "--position-skip", "off")
     assert_clean_error(run_cli(*command, "--needle-share", "0.25"), "needle_share 0.5, not 0.25", "--needle-share")
-    assert_clean_error(run_cli(*command), "needle_share 0.5, not off")
+    assert_clean_error(run_cli(*command, "--needle-share", "0"), "needle_share 0.5, not off", "--needle-share 0.5")
+    # the default resolves to 0.25 at this train length: not the checkpoint's either
+    assert_clean_error(run_cli(*command), "needle_share 0.5, not 0.25", "resume with --needle-share 0.5")

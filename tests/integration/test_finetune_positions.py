@@ -189,7 +189,8 @@ def _finetune(model: Path, corpus: Path, factors: Path, out: Path, steps: int, *
 
 
 MODES = {
-    "position-skip": ("--position-skip", "1k"),
+    # the scaling has short factors, so --short-share would default to 0.25: 0 keeps every window long
+    "position-skip": ("--position-skip", "1k", "--short-share", "0"),
     "mixed": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256"),
     # YaRN has no short factors: mixed training gives it the original frequencies as its short regime
     "mixed without short factors": ("--position-skip", "1k", "--short-share", "0.5", "--batch-tokens", "256", "YARN"),
@@ -259,7 +260,9 @@ def test_loss_falls_and_resume_is_bit_identical(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     provenance = (tmp_path / "straight" / "rope_scaling.yaml").read_text()
     assert "position_skip: 1024" in provenance
-    assert ("short_share: 0.5" in provenance) == ("--short-share" in MODES[mode])
+    options = dict(zip(_args(mode)[::2], _args(mode)[1::2], strict=True))
+    assert ("short_share: 0.5" in provenance) == (options["--short-share"] == "0.5")
+    assert ("short_share" in provenance) == (options["--short-share"] != "0")  # a share of 0 is left out
     assert ("needle_share: 0.5" in provenance) == needles and ("answer_weight: 1.0" in provenance) == needles
     saved = RopeScaling.load(tmp_path / "straight" / "rope_scaling.yaml")
     if MODES[mode][-1] == "YARN":  # mixed windows gave YaRN the original frequencies as its short regime
@@ -275,7 +278,10 @@ BAD = {
     "target above the scaling": (["--position-skip", "2k"], ("above the scaling's max_position_embeddings 1024",)),
     "share of 1": (["--position-skip", "1k", "--short-share", "1"], ("--short-share must be in [0, 1)",)),
     "negative share": (["--position-skip", "1k", "--short-share", "-0.1"], ("--short-share must be in [0, 1)",)),
-    "share without skip": (["--short-share", "0.2"], ("--short-share needs --position-skip TARGET",)),
+    "share without skip": (
+        ["--position-skip", "off", "--short-share", "0.2"],
+        ("--short-share needs --position-skip TARGET",),
+    ),
     "share with long windows": (
         ["--position-skip", "1k", "--short-share", "0.2", "--train-length", "512"],
         ("--train-length 512 is longer",),
