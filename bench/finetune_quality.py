@@ -115,18 +115,19 @@ def _target(path: Path) -> str:
     return str(RopeScaling.load(path).max_position_embeddings)
 
 
-def _mixed(args: argparse.Namespace, path: Path) -> list[str]:
-    return ["--position-skip", _target(path), "--short-share", args.short_share]
+def _windows(position_skip: str, short_share: str, needle_share: str) -> list[str]:
+    # Every mode spells out all three options: finetune's defaults (auto) would add what a mode leaves out.
+    return ["--position-skip", position_skip, "--short-share", short_share, "--needle-share", needle_share]
 
 
 MODES = {
-    "plain": lambda args, path: [],
+    "plain": lambda args, path: _windows("off", "0", "0"),
     # PoSE: windows of the train length whose positions reach the scaling's target
-    "pose": lambda args, path: ["--position-skip", _target(path)],
-    "mixed": lambda args, path: _mixed(args, path),
+    "pose": lambda args, path: _windows(_target(path), "0", "0"),
+    "mixed": lambda args, path: _windows(_target(path), args.short_share, "0"),
     # retrieval practice (--needle-share) on top of PoSE, and of mixed windows
-    "pose-needles": lambda args, path: ["--position-skip", _target(path), "--needle-share", args.needle_share],
-    "mixed-needles": lambda args, path: [*_mixed(args, path), "--needle-share", args.needle_share],
+    "pose-needles": lambda args, path: _windows(_target(path), "0", args.needle_share),
+    "mixed-needles": lambda args, path: _windows(_target(path), args.short_share, args.needle_share),
 }
 
 

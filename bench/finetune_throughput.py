@@ -77,6 +77,9 @@ def main() -> None:
             str(args.gpus),
             "--save-every",
             "0",
+            # plain windows, as the committed numbers were measured (finetune's defaults would add PoSE and
+            # retrieval practice); arguments after -- may still ask for them
+            *("--position-skip", "off", "--short-share", "0", "--needle-share", "0"),
             *args.extra,
         ]
         print(" ".join(command), flush=True)
