@@ -5,7 +5,8 @@
 #   bench/long_context_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     gemma-closed  gemma3-270m as it is and with YaRN 32k -> 128k: perplexity (books, proofs), passkey, RULER
 #     gemma-dcis    DCIS 32k -> 128k on gemma3-270m (3 documents), then the same evaluation, untuned and after a
-#                   PoSE fine-tune at 16k (positions to 128k, 200 steps x 64k tokens)
+#                   fine-tune at 16k with finetune's defaults for these factors (PoSE to 128k and retrieval
+#                   practice in a quarter of the windows; 200 steps x 64k tokens)
 #     ulysses       a 7B Llama-2 shape (random weights) fine-tuned at 64k and 128k on two GPUs, with and without
 #                   --sequence-parallel 2: tokens/s per GPU, MFU, peak memory (or the out-of-memory it hits)
 #     engine-7b     the search engine's seconds per candidate for the 7B shape at 32k, 64k, 128k on one GPU
@@ -29,7 +30,7 @@ case $group in
   gemma-dcis)
     [ -f "$out/gemma-dcis-128k.yaml" ] || python3 -m ropext search --model gemma3-270m --method dcis -t 128k \
       --corpus "$data/books-dev.jsonl.gz" --samples 3 --out "$out/gemma-dcis-128k.yaml"
-    python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k=$out/gemma-dcis-128k.yaml" --modes pose ;;
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k=$out/gemma-dcis-128k.yaml" --modes pose-needles ;;
   ulysses)
     [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
     [ -f "$work/l7b-yarn-128k.yaml" ] || python3 -m ropext search --model "$work/l7b" --method yarn -t 128k \
