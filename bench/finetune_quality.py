@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--ruler-tasks", default=None, help="RULER tasks to run (default: none)")
     parser.add_argument("--ruler-lengths", default="32k,64k")
     parser.add_argument("--ruler-samples", type=int, default=20)
+    parser.add_argument("--ruler-batch", type=int, default=None, help="prompts generated together (default: all)")
     parser.add_argument("--untuned", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--summary-only", action="store_true", help="tabulate the rows already measured; run nothing")
     parser.add_argument(
@@ -181,7 +182,7 @@ def _evaluate(args: argparse.Namespace, model: str, factors: str, results: Path)
         if args.ruler_tasks:
             ruler = [
                 "--ruler-tasks", args.ruler_tasks, "--ruler-lengths", args.ruler_lengths,
-                "--samples", str(args.ruler_samples), "--batch-size", str(args.ruler_samples),
+                "--samples", str(args.ruler_samples), "--batch-size", str(args.ruler_batch or args.ruler_samples),
             ]  # fmt: skip
         # eval run resumes each task file, so a rerun after a kill repeats only what was cut short
         _ropext(

@@ -39,7 +39,7 @@ v3=(
   --train-lengths 8k --tokens-per-step 32k --steps 200 --short-share 0.25 --needle-share 0.25
   --eval-lengths 8k,16k,32k,64k,128k --eval-skip 5 --eval-docs 10 --train-skip 15
   --passkey-lengths 32k,64k,128k --trials 20 --depths spread
-  --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 64k,128k --ruler-samples 20
+  --ruler-tasks niah_single_1,niah_single_2 --ruler-lengths 64k,128k --ruler-samples 20 --ruler-batch 10
   --out-dir bench/results/retrieval-v3-h200 --work-dir "$work"
 )
 ruler_best=bench/results/retrieval-v3-h200/ruler-dcis-64k-kept-mixed-needles.json
