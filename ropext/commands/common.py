@@ -3,7 +3,7 @@ file, and printing a result table. Heavy imports (torch, transformers, rich) hap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,8 @@ def print_results(task: Any, document: dict[str, Any]) -> None:
 class Scaled:
     """The options every evaluating command shares: the model, the scaling to apply, where and how to run."""
 
-    model: str
+    model: str | None
+    """None until `with_model` chooses one (--model left out)."""
     factors: Path | None
     method: str | None
     target_length: str | None
@@ -170,10 +171,18 @@ class Scaled:
     device: str | None
     dtype: str
 
+    def with_model(self) -> Scaled:
+        """These options with the model chosen: --model, else the one --factors records, else the default."""
+        from ropext.commands.defaults import choose_model
+
+        return replace(self, model=choose_model(self.model, self.factors))
+
     def choose(self) -> tuple[Any, Any]:
+        assert self.model is not None, "with_model() chooses the model first"
         return choose(self.model, self.factors, self.method, self.target_length, self.param)
 
     def prepare(self, lengths: dict[str, tuple[int, ...]], chosen: tuple[Any, Any]) -> Any:
+        assert self.model is not None, "with_model() chooses the model first"
         return prepare(
             self.model,
             self.factors,
@@ -199,6 +208,7 @@ def evaluate_one(
     # Bad input fails here, before the model is loaded.
     check_output_file(json_out, "--json")
     task.check_result_file(json_out)
+    scaled = scaled.with_model()
     chosen = scaled.choose()
     options = task.options(lengths(given_lengths, max_len, chosen), **values)
     prepared = scaled.prepare({length_option(max_len): options.lengths}, chosen)

@@ -45,8 +45,8 @@ from ropext.errors import RopextError
 
 
 def eval_run(
-    model: ModelOption,
     tasks: Annotated[str, typer.Option(help="Comma-separated tasks, run in this order: ppl, passkey, ruler.")],
+    model: ModelOption = None,
     lengths: Annotated[
         str | None, typer.Option(help="Comma-separated lengths for every task, e.g. 8k,16k,32k.")
     ] = None,
@@ -97,7 +97,7 @@ def eval_run(
     for task in tasks_run:  # e.g. a result file of other RULER prompts is refused before anything loads
         task.check_result_file(json_paths[task.name])
     own = {"ppl": ppl_lengths, "passkey": passkey_lengths, "ruler": ruler_lengths}
-    scaled = Scaled(model, factors, method, target_length, param, device, dtype)
+    scaled = Scaled(model, factors, method, target_length, param, device, dtype).with_model()
     chosen = scaled.choose()
     # --lengths or --max-len serve every task without lengths of its own (and may not both be given).
     shared = None
@@ -110,6 +110,10 @@ def eval_run(
         for task in tasks_run
     }
     # Every option is checked before the model is loaded.
+    if corpus is None and any(task.name == "ppl" for task in tasks_run):
+        from ropext.commands.defaults import choose_corpus
+
+        corpus = choose_corpus(corpus)
     values = {
         "corpus": corpus,
         "max_docs": max_docs,

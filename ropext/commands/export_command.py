@@ -13,9 +13,9 @@ from ropext.commands.options import ModelOption
 
 
 def export(
-    model: ModelOption,
     factors: Annotated[Path, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the model into.")],
+    model: ModelOption = None,
     dtype: Annotated[
         str, typer.Option(help="auto (as the source stores it; float32 for GGUF), bf16, fp16 or fp32.")
     ] = "auto",
@@ -32,6 +32,9 @@ def export(
 
     device = check_device(device)
     scaling = RopeScaling.load(factors)
+    from ropext.commands.defaults import choose_model
+
+    model = choose_model(model, factors)
     with console().status(f"exporting {model}"):
         folder = export_model(model, scaling, out, dtype=dtype, force=force, device=device)
     config = json.loads((folder / "config.json").read_text())

@@ -29,14 +29,25 @@ LauncherRankOption = Annotated[int | None, typer.Option("--local_rank", "--local
 
 
 def finetune(
-    model: ModelOption,
     factors: Annotated[Path, typer.Option("--factors", "-f", help="Scaling YAML to train with (`ropext search`).")],
+    model: ModelOption = None,
     corpus: Annotated[
-        str, typer.Option(help="Training text: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, python-stdlib.")
-    ],
-    train_length: Annotated[str, typer.Option("--train-length", "-t", help="Tokens per training window: 8k, 32k.")],
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps to train to (counting resumed ones).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for checkpoints, metrics and the final model.")],
+        str | None,
+        typer.Option(
+            help="Training text: files/folder (.txt .jsonl[.gz] .parquet), hub dataset, python-stdlib (the default)."
+        ),
+    ] = None,
+    train_length: Annotated[
+        str | None,
+        typer.Option("--train-length", "-t", help="Tokens per training window: 8k, 32k (default: the original)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimizer steps to train to, counting resumed ones (default: 200).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for checkpoints, metrics and the final model (default: F-finetuned)."),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (default: the DeepSpeed config's, 2e-5).")] = None,
     batch_tokens: Annotated[
         str | None,
@@ -117,7 +128,9 @@ def finetune(
 
     load_plugins()
     check_output_folder(out, "--out")
-    length = parse_length(train_length, "--train-length")
+    length = parse_length(train_length, "--train-length") if train_length is not None else None
+    left_out = [option for option, value in _defaulted(model, corpus, length, steps, out) if value is None]
+    model, corpus, length, steps, out = _with_defaults(factors, model, corpus, length, steps, out)
     request = FinetuneRequest(
         model=model,
         factors=factors,
@@ -152,7 +165,10 @@ def finetune(
         launcher = _find_launcher(gpus)
         with console().status("checking the inputs"):
             plan_finetune(request, world_size=gpus)  # bad input fails here, once, not in every process
-        sys.exit(_relaunch(launcher, gpus))
+        # The launched processes get the defaults filled in here, so they neither choose nor state them again.
+        given = _defaulted(model, corpus, length, steps, out)
+        filled = [f"{option}={value}" for option, value in given if option in left_out]
+        sys.exit(_relaunch(launcher, gpus, filled))
 
     shown = console()
     is_main = world is None or world.is_main
@@ -197,6 +213,31 @@ def finetune(
             typer.echo(f"trained {trained}; metrics in {out / 'metrics.jsonl'} (--no-save-model: no model folder)")
 
 
+def _defaulted(*values: Any) -> zip:
+    """The options `_with_defaults` fills, paired with their values in its order."""
+    return zip(("--model", "--corpus", "--train-length", "--steps", "--out"), values, strict=True)
+
+
+def _with_defaults(
+    factors: Path, model: str | None, corpus: str | None, length: int | None, steps: int | None, out: Path | None
+) -> tuple[str, str, int, int, Path]:
+    """What was left out, filled in (docs/finetune.md) and stated once: the model the factors file records,
+    the built-in text, the model's original context, 200 steps, ``<factors stem>-finetuned``."""
+    from ropext.commands import defaults
+    from ropext.paths import check_output_folder
+    from ropext.scaling import RopeScaling
+
+    model = defaults.choose_model(model, factors)
+    corpus = defaults.choose_corpus(corpus)
+    if length is None:
+        length = defaults.finetune_train_length(RopeScaling.load(factors))
+    steps = defaults.finetune_steps(steps)
+    if out is None:
+        out = defaults.finetune_out(factors)
+        check_output_folder(out, "--out")
+    return model, corpus, length, steps, out
+
+
 def _out_of_memory() -> type[BaseException]:
     import torch
 
@@ -233,7 +274,7 @@ def _find_launcher(gpus: int) -> str:
     return launcher
 
 
-def _relaunch(launcher: str, gpus: int) -> int:
+def _relaunch(launcher: str, gpus: int, filled: list[str]) -> int:
     """Run this same command under ``deepspeed --num_gpus N --module ropext``; its exit status.
 
     The launcher starts one process per GPU with LOCAL_RANK, RANK and WORLD_SIZE set. It runs in a session
@@ -244,7 +285,7 @@ def _relaunch(launcher: str, gpus: int) -> int:
     """
     from ropext.train.trainer import free_port
 
-    arguments = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    arguments = [a for a in sys.argv[1:] if not a.startswith("--local_rank")] + filled
     command = [launcher, "--num_gpus", str(gpus), "--master_port", str(free_port()), "--module", "ropext", *arguments]
     process = subprocess.Popen(command, start_new_session=True)
 

@@ -6,7 +6,13 @@ from typing import Annotated
 import typer
 
 ModelOption = Annotated[
-    str, typer.Option("--model", "-m", help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m.")
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Hub id, local folder, .gguf file, or built-in alias smollm2-135m (default: the model the factors "
+        "file records, else smollm2-135m).",
+    ),
 ]
 FactorsOption = Annotated[Path | None, typer.Option("--factors", "-f", help="Scaling YAML from `ropext search`.")]
 MethodOption = Annotated[

@@ -22,7 +22,7 @@ from ropext.commands.task_options import DepthsOption, TrialsOption
 
 
 def eval_passkey(
-    model: ModelOption,
+    model: ModelOption = None,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated prompt lengths, e.g. 8k,16k,32k.")] = None,
     max_len: MaxLenOption = None,
     factors: FactorsOption = None,

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from ropext.commands.common import Scaled, evaluate_one
+from ropext.commands.defaults import choose_corpus
 from ropext.commands.options import (
     DeviceOption,
     DtypeOption,
@@ -29,8 +30,8 @@ from ropext.commands.task_options import (
 
 
 def eval_ppl(
-    model: ModelOption,
-    corpus: CorpusOption,
+    model: ModelOption = None,
+    corpus: CorpusOption = None,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated window lengths, e.g. 8k,16k,32k.")] = None,
     max_len: MaxLenOption = None,
     factors: FactorsOption = None,
@@ -53,7 +54,7 @@ def eval_ppl(
         lengths,
         max_len,
         json_out,
-        corpus=corpus,
+        corpus=choose_corpus(corpus),
         max_docs=max_docs,
         skip_docs=skip_docs,
         mode=mode,

@@ -53,7 +53,7 @@ def _tasks_help(value: str) -> str:
 
 
 def eval_ruler(
-    model: ModelOption,
+    model: ModelOption = None,
     lengths: Annotated[str | None, typer.Option(help="Comma-separated prompt lengths, e.g. 4k,8k,16k,32k.")] = None,
     max_len: MaxLenOption = None,
     tasks: Annotated[

@@ -17,12 +17,19 @@ from ropext.search.racing import DEFAULT_MARGIN, RACE_BY_DEFAULT
 
 
 def search(
-    model: ModelOption,
     method: Annotated[str, typer.Option("--method", help="A method or searcher (see `ropext ls`).")],
-    target_length: Annotated[str, typer.Option("--target-length", "-t", help="Target context: 32768, 32k, 1m.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the scaling YAML.")],
+    model: ModelOption = None,
+    target_length: Annotated[
+        str | None,
+        typer.Option("--target-length", "-t", help="Target context: 32768, 32k, 1m (default: 4 x the original)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write the scaling YAML (default: METHOD-TARGET.yaml).")
+    ] = None,
     param: ParamOption = None,
-    corpus: Annotated[str | None, typer.Option(help="Searchers: text whose perplexity guides the search.")] = None,
+    corpus: Annotated[
+        str | None, typer.Option(help="Searchers: text whose perplexity guides the search (default: python-stdlib).")
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, help="Searchers: documents (one window each) per evaluation.")] = 5,
     skip_docs: Annotated[int, typer.Option(min=0, help="Searchers: skip this many long-enough documents first.")] = 0,
     budget: Annotated[int | None, typer.Option(min=1, help="Searchers: stop after this many evaluations.")] = None,
@@ -75,34 +82,41 @@ def search(
     ] = False,
 ) -> None:
     """Produce per-pair RoPE scaling factors as YAML: closed-form at once, or searched by perplexity."""
+    from ropext.commands import defaults
     from ropext.lengths import parse_length
     from ropext.methods import METHODS
+    from ropext.model.loading import load_layout
     from ropext.model.sdpa import check_sdpa_backend
     from ropext.paths import check_output_file
-
-    check_output_file(out, "--out")
-    if start_from is not None and start_from.resolve() == out.resolve():
-        raise RopextError(
-            f"--out {out} is the --from file: the search would overwrite its own starting factors; "
-            "write to another file, e.g. --out " + str(out.with_name(out.stem + "-extended" + out.suffix))
-        )
-    check_sdpa_backend(sdpa_backend)
-    from ropext.model.loading import load_layout
     from ropext.registry import load_plugins
     from ropext.scaling import check_scaling_file
     from ropext.search import SEARCHERS
 
     load_plugins()
-    length = parse_length(target_length, "--target-length")
+    # An unknown method fails before a model is chosen (the default one may have to be fetched first).
+    name = SEARCHERS.canonical(method) if method in SEARCHERS else METHODS.canonical(method)
+    length = parse_length(target_length, "--target-length") if target_length is not None else None
+    check_output_file(out, "--out")
+    check_sdpa_backend(sdpa_backend)
     if keep_short_context:
         attention_factor = _short_context_attention(attention_factor, short_length)
+    model = defaults.choose_model(model, start_from, "--from")
+    if length is None:  # the model's config is what knows its original context
+        length = defaults.search_target(load_layout(model)[1].original_max_position_embeddings)
+    if out is None:
+        out = defaults.search_out(name, length)
+        check_output_file(out, "--out")
+    if start_from is not None and start_from.resolve() == out.resolve():
+        raise RopextError(
+            f"--out {out} is the --from file: the search would overwrite its own starting factors; "
+            "write to another file, e.g. --out " + str(out.with_name(out.stem + "-extended" + out.suffix))
+        )
     if method in SEARCHERS:
         from ropext.search.engine import EngineOptions
         from ropext.search.objectives import OBJECTIVES
         from ropext.search.run import SearchRequest
 
-        if corpus is None:
-            raise RopextError(f"searcher {method} needs --corpus (the text whose perplexity guides it)")
+        corpus = defaults.choose_corpus(corpus)
         from ropext.model.device import check_device
 
         chosen_devices = tuple(check_device(d, "--devices") for d in (devices or "").split(",") if d.strip())

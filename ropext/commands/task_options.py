@@ -24,7 +24,7 @@ def _both(task: str, kind: Any, text: str, *names: str, run_kind: Any = None, **
 
 
 CorpusOption, RunCorpusOption = _both(
-    "ppl", str, "Files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib.", run_kind=str | None
+    "ppl", str | None, "Files/folder (.txt .jsonl[.gz] .parquet), hub dataset, or python-stdlib (the default)."
 )
 MaxDocsOption, RunMaxDocsOption = _both("ppl", int, "At most this many documents.", min=1)
 SkipDocsOption, RunSkipDocsOption = _both("ppl", int, "Skip this many long-enough documents first.", min=0)

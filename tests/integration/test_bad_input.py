@@ -171,7 +171,7 @@ def test_failed_rerun_keeps_finished_results(inputs: Inputs, tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["eval", "ppl"], "Missing option '--model'"),
+        (["search"], "Missing option '--method'"),
         (["search", "--model", "x", "--method", "pi", "-t", "8k", "--out", "f.yaml", "--bogus"], "No such option"),
         (["no-such-command"], "No such command"),
         (["eval", "ppl", "--model", "x", "--corpus", "y", "--lengths", "8k", "--max-docs", "abc"], "--max-docs"),

@@ -86,11 +86,3 @@ def test_single_task_command_resumes_its_file(run_dir: Path, tiny_model: Path, c
 def test_unknown_task_fails_before_loading(tmp_path: Path, tasks: str, message: str) -> None:
     result = run_cli("eval", "run", "--model", tmp_path / "no-model", "--tasks", tasks, "--lengths", "256")
     assert_clean_error(result, message)
-
-
-def test_ppl_needs_a_corpus(tiny_model: Path, tmp_path: Path) -> None:
-    result = run_cli(
-        "eval", "run", "--model", tiny_model, "--tasks", "passkey,ppl", "--lengths", "256", "--json-dir", tmp_path
-    )
-    assert_clean_error(result, "needs --corpus")
-    assert not any(tmp_path.iterdir())  # nothing ran
