@@ -3,9 +3,9 @@ app: no unknown command, no unknown option, no value the option refuses. Nothing
 by the Click command Typer builds (``typer.main.get_command``), group by group down to the leaf's
 ``make_context``.
 
-A documented line may leave out required options it does not discuss (``ropext inspect`` alone, or the
-design card's ``ropext eval passkey --max-len 64k``); those are filled with a dummy value so the rest of the
-line is still checked.
+A documented line may leave out required options it does not discuss (``ropext inspect`` alone, or
+``ropext export --factors F``); those are filled with a dummy value so the rest of the line is still checked.
+The quick start's commands as written need no filling at all.
 """
 
 from __future__ import annotations
@@ -200,10 +200,23 @@ def test_documented_command_line_parses(line: DocumentedLine) -> None:
 
 
 def test_design_card_max_len_command_parses() -> None:
-    context = parse_filling_required(["eval", "passkey", "--max-len", "64k"])
+    context = parse_command_line(["eval", "passkey", "--max-len", "64k"])
     assert context.command.name == "passkey"
     assert context.params["max_len"] == "64k"
     assert context.params["lengths"] is None
+    assert context.params["model"] is None  # chosen when the command runs (ropext/commands/defaults.py)
+
+
+AS_WRITTEN = ("ropext search --method dcis", "ropext finetune --factors f.yaml", "ropext eval passkey --max-len 64k")
+
+
+@pytest.mark.parametrize("text", AS_WRITTEN)
+def test_quick_start_commands_parse_as_written(text: str) -> None:
+    """Documented first in README's quick start, and complete: no required option is left to fill."""
+    assert text in {line.text for line in LINES if line.where.startswith("README.md")}
+    context = parse_command_line(shlex.split(text)[1:])
+    left_out = ("model", "corpus", "target_length", "out", "train_length", "steps")
+    assert all(context.params.get(name) is None for name in left_out), context.params
 
 
 @pytest.mark.parametrize(
