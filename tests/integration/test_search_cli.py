@@ -346,7 +346,7 @@ def short_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("case", "fragment"),
     [
-        ("no corpus", "--corpus"),
+        ("no corpus: python-stdlib, too few documents", "corpus python-stdlib has"),
         ("zero samples", "--samples"),
         ("missing --from", "does not exist"),
         ("short documents", "no document"),
@@ -369,7 +369,11 @@ def test_bad_search_input_is_one_clean_error_line(
     journal = tmp_path / "other.journal.jsonl"
     journal.write_bytes(dcis.journal.read_bytes())
     changed: dict[str, list[str | Path]] = {
-        "no corpus": [a for i, a in enumerate(args) if a != "--corpus" and args[i - 1] != "--corpus"],
+        "no corpus: python-stdlib, too few documents": [
+            *(a for i, a in enumerate(args) if a != "--corpus" and args[i - 1] != "--corpus"),
+            "--samples",
+            "100000",
+        ],
         "zero samples": [*args, "--samples", "0"],
         "missing --from": [*args, "--from", tmp_path / "missing.yaml"],
         "short documents": search_args(tiny_model, short_corpus, out),
