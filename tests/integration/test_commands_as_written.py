@@ -9,7 +9,7 @@ fine-tune) is replaced where its request is complete. One fine-tune runs for rea
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -99,10 +99,11 @@ def finetunes(monkeypatch: pytest.MonkeyPatch) -> Captured:
 
     def plan(request: Any, world_size: int = 1) -> Any:
         captured.calls.append({"request": request})
-        return request
+        # A plan holds its request with the training windows resolved to numbers: plain ones here.
+        return SimpleNamespace(request=replace(request, position_skip=None, short_share=0.0, needle_share=0.0))
 
     def run(plan: Any, world: Any, shown: Any) -> Any:
-        state = SimpleNamespace(step=plan.steps, tokens=0)
+        state = SimpleNamespace(step=plan.request.steps, tokens=0)
         return SimpleNamespace(world=SimpleNamespace(is_main=True), first_step=0, last_loss=None, state=state)
 
     monkeypatch.setattr(trainer, "plan_finetune", plan)
