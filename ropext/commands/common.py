@@ -126,15 +126,17 @@ def run_task(task: Any, prepared: Any, options: Any, json_path: Path | None, sto
         return store.document()
 
 
-def print_table(document: dict[str, Any], columns: tuple[str, ...]) -> None:
-    """One row per length of a result document, one column per name in ``columns``, on stdout."""
+def print_table(document: dict[str, Any], columns: tuple[str, ...], label: str | None = None) -> None:
+    """One row per length of a result document, one column per name in ``columns``, on stdout; ``label``
+    names what ran (`PreparedModel.label`: a checkpoint's own rope type is not in the document)."""
     from rich.console import Console
     from rich.table import Table
 
     from ropext.lengths import format_length
 
     scaling = document["scaling"]
-    title = f"{document['task']} — {document['model']} — {scaling['method'] if scaling else 'original'}"
+    ran = label or (scaling["method"] if scaling else "original")
+    title = f"{document['task']} — {document['model']} — {ran}"
     table = Table(title=title)
     table.add_column("length", justify="right")
     for column in columns:
@@ -153,9 +155,9 @@ def print_table(document: dict[str, Any], columns: tuple[str, ...]) -> None:
     Console().print(table)
 
 
-def print_results(task: Any, document: dict[str, Any]) -> None:
+def print_results(task: Any, document: dict[str, Any], label: str | None = None) -> None:
     """The task's table of a result document (the task chooses its rows and columns)."""
-    print_table(*task.table(document))
+    print_table(*task.table(document), label=label)
 
 
 @dataclass(frozen=True)
@@ -213,4 +215,4 @@ def evaluate_one(
     options = task.options(lengths(given_lengths, max_len, chosen), **values)
     prepared = scaled.prepare({length_option(max_len): options.lengths}, chosen)
     options = task.settle(options, prepared.tokenizer)  # stored as chosen
-    print_results(task, run_task(task, prepared, options, json_out))
+    print_results(task, run_task(task, prepared, options, json_out), prepared.label)

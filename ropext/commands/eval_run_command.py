@@ -152,7 +152,7 @@ def eval_run(
         for task in tasks_run:
             json_path = json_paths[task.name]
             document = common.run_task(task, prepared, options[task.name], json_path, stores[task.name])
-            common.print_results(task, document)
+            common.print_results(task, document, prepared.label)
             if json_path is not None:
                 typer.echo(f"wrote {json_path}")
 
