@@ -267,7 +267,12 @@ def _ropext_options() -> set[str]:
 def _bench_options() -> set[str]:
     """The options of the benchmark scripts (bench/*.py, argparse), which docs/results.md runs."""
     pattern = re.compile(r"add_argument\(\s*\"(--[a-z][a-z0-9_-]*)\"")
-    return {option for path in (ROOT / "bench").glob("*.py") for option in pattern.findall(path.read_text())}
+    # argparse's BooleanOptionalAction also makes --no-NAME
+    negated = re.compile(r"add_argument\(\s*\"--([a-z][a-z0-9_-]*)\"[^)]*BooleanOptionalAction")
+    sources = [path.read_text() for path in (ROOT / "bench").glob("*.py")]
+    return {option for text in sources for option in pattern.findall(text)} | {
+        f"--no-{name}" for text in sources for name in negated.findall(text)
+    }
 
 
 def test_every_option_the_documents_name_exists() -> None:
