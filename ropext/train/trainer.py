@@ -257,12 +257,14 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     separator = tokenizer.eos_token_id
     if separator is None:
         raise RopextError(f"the tokenizer of {request.model} has no eos token to put between training documents")
-    if request.needle_share == AUTO:  # needs the tokenizer: practice's length is counted in its tokens
+    chosen_share = request.needle_share != AUTO
+    if not chosen_share:  # needs the tokenizer: practice's length is counted in its tokens
         shortest = NeedlePlan(request.train_length, tokenizer=tokenizer).shortest_length()
         request = replace(request, needle_share=resolve_needle_share(AUTO, request.train_length, shortest))
     assert AUTO not in (request.position_skip, request.short_share, request.needle_share), request
     needles = NeedlePlan(request.train_length, request.needle_share, request.seed, tokenizer)
-    needles.check_length()  # before the corpus is tokenised, the slow part of planning
+    if chosen_share:  # auto already chose practice only where it fits (counting is half a second's tokenising)
+        needles.check_length()  # before the corpus is tokenised, the slow part of planning
     corpus_files = open_corpus(request.corpus)
     corpus = tokenize_corpus(tokenizer, corpus_files)
     documents = training_documents(corpus, request.skip_docs, request.skip_length)
