@@ -180,6 +180,7 @@ def finetune(
             shown.print(
                 f"training windows: {describe(chosen.position_skip, chosen.short_share, chosen.needle_share)}",
                 highlight=False,
+                soft_wrap=True,  # one line in a log, too
             )
         result = run_finetune(plan, world, shown)
     except _out_of_memory() as err:
