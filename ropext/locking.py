@@ -15,12 +15,14 @@ from ropext.permissions import new_file_mode
 
 class FileLock:
     """Held from ``acquire`` (or ``with``) to ``release``; a second run on the same file fails at once with
-    one line naming the pid that holds it."""
+    one line naming the pid that holds it, or, with ``wait``, waits until the first releases it (for work that
+    one run does for all, such as converting a model once)."""
 
-    def __init__(self, path: Path, option: str = "--json") -> None:
+    def __init__(self, path: Path, option: str = "--json", wait: bool = False) -> None:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
         self.option = option
+        self.wait = wait
         self._fd: int | None = None
 
     def acquire(self) -> FileLock:
@@ -36,7 +38,7 @@ class FileLock:
                     "can write to"
                 ) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 os.close(fd)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ropext.errors import RopextError
+from ropext.locking import FileLock
 from ropext.model.aliases import ALIASES, alias_path
 from ropext.model.layout import RotaryLayout, read_layout
 from ropext.paths import cache_dir
@@ -87,30 +88,37 @@ def materialize(source: ModelSource) -> ModelSource:
         return source
     folder = _converted_folder(source)
     if not (folder / "config.json").is_file():
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        quiet_transformers()
-        with _status(f"converting {source.gguf_file} once to {folder}"):
-            try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    source.path, gguf_file=source.gguf_file, dtype=torch.float32
-                )
-                tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-            except (OSError, ValueError, KeyError) as err:
-                raise _hub_errors(source, err) from None
-            # The dequantised weights are plain tensors now; a saved quantization config would make
-            # transformers look for the GGUF file again.
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.hf_quantizer = None
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-            model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(partial, folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        # Runs started together (one per GPU) convert once: the first converts, the others wait and use it.
+        with FileLock(folder, wait=True):
+            if not (folder / "config.json").is_file():
+                _convert_gguf(source, folder)
     return ModelSource(source.spec, str(folder))
+
+
+def _convert_gguf(source: ModelSource, folder: Path) -> None:
+    """Dequantise the GGUF into ``folder`` (written beside it, then renamed into place)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    with _status(f"converting {source.gguf_file} once to {folder}"):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+        except (OSError, ValueError, KeyError) as err:
+            raise _hub_errors(source, err) from None
+        # The dequantised weights are plain tensors now; a saved quantization config would make
+        # transformers look for the GGUF file again.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
 
 
 def quiet_transformers() -> None:
