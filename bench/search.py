@@ -4,6 +4,9 @@ Three stages, each resumable (rerun the same command after a time-out or a kill 
 
     # 1. engine: seconds per candidate and tokens/s against a naive evaluation, TFLOP/s, SDPA backends
     python bench/search.py engine --corpus ../shared/corpora/books-dev.jsonl.gz --out-dir bench/results/search-h100
+    # the same for a 7B shape with random weights (bench/model_shape.py), cuDNN-first backend only, no naive run
+    python bench/search.py engine --model /tmp/l7b --init random --samples 1 --candidates 2 --backends auto \
+        --no-naive --engine-lengths 32k,64k,128k --corpus ../shared/corpora/books-dev.jsonl.gz --out-dir /tmp/e7b
     # 2. search: DCIS and LongRoPE for 8k -> 32k and 8k -> 64k on the first 5 documents
     python bench/search.py search --corpus ../shared/corpora/books-dev.jsonl.gz --out-dir bench/results/search-h100 \
         --targets 32k,64k --searchers dcis,longrope
@@ -16,6 +19,10 @@ Three stages, each resumable (rerun the same command after a time-out or a kill 
     # 3. eval: every closed-form method and every searched YAML on documents the search did not use
     python bench/search.py eval --corpus ../shared/corpora/books-dev.jsonl.gz --out-dir bench/results/search-h100 \
         --targets 32k,64k
+
+engine.json and engine.md are rewritten after every length; a rerun skips the lengths engine.json has with the
+same --samples, --candidates and --init. A backend (or the naive baseline) that runs out of memory is "OOM" in
+its column and the length is still recorded; tokens/s, TFLOP/s and MFU are those of the fastest backend timed.
 
 A search that outlasts one job resumes from its journal in the next job: the search is a chain of
 short jobs. `--longrope-budget` caps LongRoPE's evaluations where a full run (1344) does not fit.
@@ -36,8 +43,8 @@ from ropext.evaluate.ppl import PerplexityOptions
 from ropext.lengths import format_length, parse_lengths
 from ropext.methods import METHODS
 from ropext.model.apply import apply_scaling
-from ropext.model.loading import load_layout
-from ropext.model.prepared import prepare_model
+from ropext.model.loading import load_config, load_layout, load_model, load_tokenizer
+from ropext.model.sliding_attention import attention_implementation
 from ropext.scaling import RopeScaling
 from ropext.search.engine import EngineOptions, PerplexityEngine
 from ropext.search.racing import DEFAULT_MARGIN, RACE_BY_DEFAULT
@@ -82,69 +89,164 @@ def naive_scores(model, windows: torch.Tensor, scalings: list[RopeScaling]) -> N
                 model(ids, labels=ids).loss.item()
 
 
-def measure_engine(args, source, layout, length: int) -> dict:
-    request = SearchRequest(args.model, "dcis", (), args.corpus, 0, samples=args.samples)
-    prepared = prepare_model(args.model, None, device="cuda", dtype="bf16", layout=(source, layout))
-    model, count = prepared.model, args.candidates
-    windows = search_windows(prepared.tokenizer, request, length)
-    base = METHODS.get("yarn").run(layout, length, METHODS.get("yarn").params())
-    generator = torch.Generator().manual_seed(0)
-    unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
-    result = {"length": length, "samples": args.samples, "candidates": count}
-    for backend in ("auto", "flash", "default"):
+ENGINE_BACKENDS = ("auto", "flash", "default")
+"""The SDPA backends ``engine`` can time, in the table's column order: cuDNN first (the engine's default), flash
+only, PyTorch's own choice."""
+
+
+def load_bench_model(source, init: str):
+    """The model in bf16 on the GPU, with the attention implementation ``prepare_model`` would pick.
+
+    ``random`` builds it from the folder's config (a config-only folder, bench/model_shape.py) directly on the
+    GPU, so a 7B model never materialises 27 GB of float32 weights on the CPU first; random weights time the
+    same as trained ones."""
+    if init == "pretrained":
+        return load_model(source, device="cuda", dtype=torch.bfloat16)
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(source)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=torch.bfloat16, attn_implementation=attention_implementation(config)
+        )
+    return model.eval()
+
+
+def time_engine(model, windows, unscaled, base, count, backend, generator) -> float | None:
+    """Seconds per candidate of one engine call on ``count`` candidates; None when it runs out of memory."""
+    try:
         options = EngineOptions(sdpa_backend=backend, candidates_per_batch=count)
         engine = PerplexityEngine([(model, "cuda")], windows, unscaled, options)
         engine(perturbed(base, count, generator))  # warm-up, cuDNN plans
         batch = perturbed(base, count, generator)
-        result[f"engine_{backend}_s_per_candidate"] = timed(lambda engine=engine, batch=batch: engine(batch)) / count
-    del model, prepared
-    torch.cuda.empty_cache()
-    naive_model = prepare_model(args.model, None, device="cuda", dtype="bf16", layout=(source, layout)).model
-    try:
-        naive_scores(naive_model, windows, perturbed(base, 1, generator))  # warm-up
-        batch = perturbed(base, count, generator)
-        result["naive_s_per_candidate"] = (
-            timed(lambda model=naive_model, batch=batch: naive_scores(model, windows, batch)) / count
-        )
+        return timed(lambda: engine(batch)) / count
     except torch.OutOfMemoryError:
-        result["naive_s_per_candidate"] = None
-    config = naive_model.config
-    params = sum(p.numel() for p in naive_model.parameters())
+        return None
+
+
+def measure_engine(args, source, layout, tokenizer, length: int) -> dict:
+    """One row of engine.json: each backend's seconds per candidate (None: out of memory), the naive baseline's
+    unless --no-naive, and the throughput of the fastest backend."""
+    result = {"length": length, "samples": args.samples, "candidates": args.candidates, "init": args.init}
+    count = args.candidates
+    request = SearchRequest(args.model, "dcis", (), args.corpus, 0, samples=args.samples)
+    windows = search_windows(tokenizer, request, length)
+    base = METHODS.get("yarn").run(layout, length, METHODS.get("yarn").params())
+    generator = torch.Generator().manual_seed(0)
+    unscaled = METHODS.get("none")(layout, layout.original_max_position_embeddings)
+    model = load_bench_model(source, args.init)
+    config, params = model.config, sum(p.numel() for p in model.parameters())
+    for backend in args.backends:
+        result[f"engine_{backend}_s_per_candidate"] = time_engine(
+            model, windows, unscaled, base, count, backend, generator
+        )
+        torch.cuda.empty_cache()  # the engine and any half-built batch of an out-of-memory are gone by now
+    del model
+    torch.cuda.empty_cache()
+    if args.naive:
+        # a fresh model: the engine leaves its own rotary state behind
+        naive_model = load_bench_model(source, args.init)
+        try:
+            naive_scores(naive_model, windows, perturbed(base, 1, generator))  # warm-up
+            batch = perturbed(base, count, generator)
+            result["naive_s_per_candidate"] = (
+                timed(lambda model=naive_model, batch=batch: naive_scores(model, windows, batch)) / count
+            )
+        except torch.OutOfMemoryError:
+            result["naive_s_per_candidate"] = None
+        del naive_model
+        torch.cuda.empty_cache()
+    measured = [result[f"engine_{b}_s_per_candidate"] for b in args.backends]
+    if not any(measured):
+        result["oom"] = True
+        return result
+    best = min(s for s in measured if s)
     tokens = args.samples * length
-    best = result["engine_auto_s_per_candidate"]
     result["engine_tokens_per_s"] = tokens / best
     result["tflops"] = forward_flops_per_token(config, length, params) * tokens / best / 1e12
     result["mfu"] = result["tflops"] / H100_DENSE_BF16_TFLOPS
-    if result["naive_s_per_candidate"]:
+    if result.get("naive_s_per_candidate"):
         result["speedup_vs_naive"] = result["naive_s_per_candidate"] / best
     return result
 
 
-def engine_stage(args) -> None:
-    source, layout = load_layout(args.model)
-    rows = []
-    for length in parse_lengths(args.engine_lengths, "--engine-lengths"):
-        rows.append(measure_engine(args, source, layout, length))
-        print(json.dumps(rows[-1]), flush=True)
-    (args.out_dir / "engine.json").write_text(json.dumps(rows, indent=1) + "\n")
+def out_of_memory_row(args, length: int) -> dict:
+    """A length that ran out of memory before any backend was timed (building the model, tokenising)."""
+    row = {"length": length, "samples": args.samples, "candidates": args.candidates, "init": args.init, "oom": True}
+    row.update({f"engine_{backend}_s_per_candidate": None for backend in args.backends})
+    if args.naive:
+        row["naive_s_per_candidate"] = None
+    return row
+
+
+def already_measured(rows: list[dict], length: int, samples: int, candidates: int, init: str) -> dict | None:
+    """The row of engine.json a rerun keeps for ``length``: one measured with the same windows, candidates and
+    weights (an out-of-memory row too: it would run out again; delete it from engine.json to retry)."""
+    for row in rows:
+        same = (row["samples"], row["candidates"], row.get("init", "pretrained")) == (samples, candidates, init)
+        if row["length"] == length and same:
+            return row
+    return None
+
+
+def _seconds(row: dict, key: str, digits: int = 3) -> str:
+    """A timed column: "-" when this row did not measure it, "OOM" when it ran out of memory."""
+    if key not in row:
+        return "-"
+    return "OOM" if row[key] is None else f"{row[key]:.{digits}f}"
+
+
+def engine_table(rows: list[dict], header: str) -> str:
+    """engine.md: one line per length, every backend's column whether or not this run timed it."""
     lines = [
-        f"{torch.cuda.get_device_name()}, {args.model}, bf16; {args.samples} windows per candidate, "
-        f"{args.candidates} candidates per call; s/cand = seconds per candidate",
+        header,
         "",
         "| length | engine s/cand (cuDNN first) | flash only | PyTorch default | naive s/cand | speed-up "
         "| tokens/s | TFLOP/s | of bf16 peak |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
-        naive_s = f"{r['naive_s_per_candidate']:.3f}" if r["naive_s_per_candidate"] else "OOM"
+    for r in sorted(rows, key=lambda r: r["length"]):
+        timed_columns = [_seconds(r, f"engine_{b}_s_per_candidate") for b in ENGINE_BACKENDS]
         speedup = f"{r['speedup_vs_naive']:.2f}x" if r.get("speedup_vs_naive") else "-"
-        lines.append(
-            f"| {format_length(r['length'])} | {r['engine_auto_s_per_candidate']:.3f} "
-            f"| {r['engine_flash_s_per_candidate']:.3f} | {r['engine_default_s_per_candidate']:.3f} | {naive_s} "
-            f"| {speedup} | {r['engine_tokens_per_s']:.0f} | {r['tflops']:.1f} | {100 * r['mfu']:.1f}% |"
-        )
-    (args.out_dir / "engine.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        if "engine_tokens_per_s" in r:
+            rates = [f"{r['engine_tokens_per_s']:.0f}", f"{r['tflops']:.1f}", f"{100 * r['mfu']:.1f}%"]
+        else:
+            rates = ["-", "-", "-"]
+        cells = [format_length(r["length"]), *timed_columns, _seconds(r, "naive_s_per_candidate"), speedup, *rates]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def engine_stage(args) -> None:
+    """Times each length in turn; engine.json and engine.md are rewritten after every length, and a rerun keeps
+    the lengths engine.json already has, so a run cut short loses only the length it was on."""
+    source, layout = load_layout(args.model)
+    tokenizer = load_tokenizer(source)
+    path = args.out_dir / "engine.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    weights = ", random weights" if args.init == "random" else ""
+    header = (
+        f"{torch.cuda.get_device_name()}, {args.model}{weights}, bf16; {args.samples} windows per candidate, "
+        f"{args.candidates} candidates per call; s/cand = seconds per candidate; OOM = out of memory, "
+        "- = not measured"
+    )
+    for length in parse_lengths(args.engine_lengths, "--engine-lengths"):
+        if already_measured(rows, length, args.samples, args.candidates, args.init) is not None:
+            print(f"{format_length(length)}: in {path} already; skipping", flush=True)
+            continue
+        try:
+            row = measure_engine(args, source, layout, tokenizer, length)
+        except torch.OutOfMemoryError:
+            row = None
+        if row is None:  # outside the except block, so the failed attempt's tensors are already released
+            torch.cuda.empty_cache()
+            row = out_of_memory_row(args, length)
+        rows = [r for r in rows if r["length"] != length] + [row]
+        rows.sort(key=lambda r: r["length"])
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+        (args.out_dir / "engine.md").write_text(engine_table(rows, header))
+        print(json.dumps(row), flush=True)
+    print(engine_table(rows, header), end="")
 
 
 def search_stage(args) -> None:
@@ -243,7 +345,23 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--engine-lengths", default="8k,32k,64k")
     parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument(
+        "--init", choices=("pretrained", "random"), default="pretrained",
+        help="engine: the model's weights, or random weights from its config (a config-only folder)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backends", default=",".join(ENGINE_BACKENDS),
+        help=f"engine: the SDPA backends to time, of {', '.join(ENGINE_BACKENDS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--naive", action=argparse.BooleanOptionalAction, default=True,
+        help="engine: also time transformers' own loss (loads the model a second time)",
+    )  # fmt: skip
     args = parser.parse_args()
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = sorted(set(args.backends) - set(ENGINE_BACKENDS))
+    if unknown or not args.backends:
+        parser.error(f"--backends takes some of {','.join(ENGINE_BACKENDS)}, got {','.join(unknown) or 'none'}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     {"engine": engine_stage, "search": search_stage, "eval": eval_stage}[args.stage](args)
 
