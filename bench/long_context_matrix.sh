@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Issue 13's GPU measurements (to be run; nothing here has been measured yet). One group per GPU; every stage
-# resumes (result files, search journals, fine-tune checkpoints), so a group cut short is rerun as it was.
+# Issue 13's GPU measurements. One group per GPU; every stage resumes (result files, search journals, fine-tune
+# checkpoints, the summaries below), so a group cut short is rerun as it was and does only what is missing.
+# Measured so far (bench/results/long-context-h200, with round 3's retrieval results in retrieval-v3-h200):
+# ulysses with --sequence-parallel 2 at 64k and 128k (ulysses-7b-sp2.{md,json}, log ulysses-7b.log); plain
+# ZeRO-3 (sp 1) was cut off by the time limit during 64k. engine-7b stopped at once on the config-only folder
+# (search.py engine now builds the model from its config: --init random).
 #
 #   bench/long_context_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     gemma-closed  gemma3-270m as it is and with YaRN 32k -> 128k: perplexity (books, proofs), passkey, RULER
@@ -16,6 +20,11 @@ set -euo pipefail
 group=$1 data=${2:-.device/data} work=${3:-/tmp/ropext-long}
 out=bench/results/long-context-h200
 mkdir -p "$out" "$work"
+# whether a finetune_throughput summary json already has a result for every length: complete JSON LENGTHS GPUS
+complete() {
+  python3 -c 'import sys; sys.path.insert(0, "bench"); from finetune_throughput import summary_complete as done
+sys.exit(0 if done(*sys.argv[1:]) else 1)' "$@"
+}
 gemma=(
   --model gemma3-270m --corpus "$data/books-dev.jsonl.gz" --second-corpus "proofs=$data/proofs-dev.jsonl.gz"
   --train-lengths 16k --tokens-per-step 64k --steps 200
@@ -32,10 +41,13 @@ case $group in
       --corpus "$data/books-dev.jsonl.gz" --samples 3 --out "$out/gemma-dcis-128k.yaml"
     python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k=$out/gemma-dcis-128k.yaml" --modes pose-needles ;;
   ulysses)
-    [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
-    [ -f "$work/l7b-yarn-128k.yaml" ] || python3 -m ropext search --model "$work/l7b" --method yarn -t 128k \
-      --out "$work/l7b-yarn-128k.yaml"
     for sp in 2 1; do
+      if complete "$out/ulysses-7b-sp$sp.json" 64k,128k 2; then
+        echo "ulysses: $out/ulysses-7b-sp$sp.json has 64k and 128k; skipping --sequence-parallel $sp"; continue
+      fi
+      [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
+      [ -f "$work/l7b-yarn-128k.yaml" ] || python3 -m ropext search --model "$work/l7b" --method yarn -t 128k \
+        --out "$work/l7b-yarn-128k.yaml"
       python3 bench/finetune_throughput.py --model "$work/l7b" --factors "$work/l7b-yarn-128k.yaml" \
         --corpus "$data/books-dev.jsonl.gz" --lengths 64k,128k --steps 6 --gpus 2 --out-dir "$work/ft-sp$sp" \
         --summary "$out/ulysses-7b-sp$sp.md" -- --init random --no-save-model --sequence-parallel "$sp" || true
@@ -43,6 +55,6 @@ case $group in
   engine-7b)
     [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
     python3 bench/search.py engine --model "$work/l7b" --corpus "$data/books-dev.jsonl.gz" --out-dir "$out/engine-7b" \
-      --engine-lengths 32k,64k,128k ;;
+      --init random --samples 1 --candidates 2 --backends auto --no-naive --engine-lengths 32k,64k,128k ;;
   *) echo "unknown group $group: gemma-closed, gemma-dcis, ulysses or engine-7b" >&2; exit 2 ;;
 esac
