@@ -8,9 +8,10 @@
 #
 #   bench/long_context_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     gemma-closed  gemma3-270m as it is and with YaRN 32k -> 128k: perplexity (books, proofs), passkey, RULER
-#     gemma-dcis    DCIS 32k -> 128k on gemma3-270m (3 documents), then the same evaluation, untuned and after a
-#                   fine-tune at 16k with finetune's defaults for these factors (PoSE to 128k and retrieval
-#                   practice in a quarter of the windows; 200 steps x 64k tokens)
+#     gemma-dcis    DCIS 32k -> 128k on gemma3-270m with --keep-short-context (2 documents, racing), then the
+#                   same evaluation, untuned and after a fine-tune at 16k with finetune's defaults for these
+#                   factors (PoSE to 128k, a quarter of the windows at short positions, retrieval practice in a
+#                   quarter; 200 steps x 32k tokens = 6.6M tokens)
 #     ulysses       a 7B Llama-2 shape (random weights) fine-tuned at 64k and 128k on two GPUs, with and without
 #                   --sequence-parallel 2: tokens/s per GPU, MFU, peak memory (or the out-of-memory it hits)
 #     engine-7b     the search engine's seconds per candidate for the 7B shape at 32k, 64k, 128k on one GPU
@@ -27,7 +28,7 @@ sys.exit(0 if done(*sys.argv[1:]) else 1)' "$@"
 }
 gemma=(
   --model gemma3-270m --corpus "$data/books-dev.jsonl.gz" --second-corpus "proofs=$data/proofs-dev.jsonl.gz"
-  --train-lengths 16k --tokens-per-step 64k --steps 200
+  --train-lengths 16k --tokens-per-step 32k --steps 200
   --eval-lengths 8k,32k,64k,128k --eval-skip 3 --eval-docs 8 --train-skip 11
   --passkey-lengths 64k,128k --trials 20 --depths spread
   --ruler-tasks niah_single_1,niah_single_2,niah_multikey_1,vt,fwe --ruler-lengths 32k,128k --ruler-samples 20
@@ -37,9 +38,13 @@ case $group in
   gemma-closed)
     python3 bench/finetune_quality.py "${gemma[@]}" --factors original=none --factors yarn-128k=yarn:128k --modes none ;;
   gemma-dcis)
-    [ -f "$out/gemma-dcis-128k.yaml" ] || python3 -m ropext search --model gemma3-270m --method dcis -t 128k \
-      --corpus "$data/books-dev.jsonl.gz" --samples 3 --out "$out/gemma-dcis-128k.yaml"
-    python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k=$out/gemma-dcis-128k.yaml" --modes pose-needles ;;
+    # the recipe of issue 12 (docs/results.md, rounds 2-3): short context kept, then mixed windows + practice.
+    # levels=5 stops DCIS at groups of 4 of Gemma's 128 pairs (187 evaluations instead of 769), to fit the GPU time
+    [ -f "$out/gemma-dcis-128k-kept.yaml" ] || python3 -m ropext search --model gemma3-270m --method dcis -t 128k \
+      --keep-short-context --param levels=5 --corpus "$data/books-dev.jsonl.gz" --samples 2 --race \
+      --out "$out/gemma-dcis-128k-kept.yaml"
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k-kept=$out/gemma-dcis-128k-kept.yaml" \
+      --modes mixed-needles ;;
   ulysses)
     for sp in 2 1; do
       if complete "$out/ulysses-7b-sp$sp.json" 64k,128k 2; then
