@@ -3,9 +3,7 @@ bench/finetune_throughput.py's rows, out-of-memory detection and skip-when-compl
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,23 +11,14 @@ import pytest
 ROOT = Path(__file__).parents[2]
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def search(load_bench):
+    return load_bench("search")
 
 
 @pytest.fixture(scope="module")
-def search():
-    return _bench("search")
-
-
-@pytest.fixture(scope="module")
-def throughput():
-    return _bench("finetune_throughput")
+def throughput(load_bench):
+    return load_bench("finetune_throughput")
 
 
 def _table_row(table: str, length: str) -> list[str]:

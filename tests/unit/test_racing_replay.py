@@ -6,9 +6,7 @@ journal exactly without racing, and its verdicts must follow from the real engin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,13 +16,8 @@ JOURNAL = ROOT / "bench" / "results" / "retrieval-v2-h200" / "dcis-64k-kept.yaml
 
 
 @pytest.fixture(scope="module")
-def replay_module():
-    spec = importlib.util.spec_from_file_location("racing_replay", ROOT / "bench" / "racing_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def replay_module(load_bench):
+    return load_bench("racing_replay")
 
 
 @pytest.fixture(scope="module")
