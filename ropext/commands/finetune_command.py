@@ -111,6 +111,14 @@ def finetune(
             f"auto: {AUTO_NEEDLE_SHARE} when --train-length holds them; else 0."
         ),
     ] = AUTO,
+    practice: Annotated[
+        str,
+        typer.Option(
+            help="What practice windows ask, a comma list (each window draws one): single (one code among 4 "
+            "needles), multi-query (two codes in one question), multi-value (every code of a word that has 2-3). "
+            "Needs --needle-share above 0 for anything but single."
+        ),
+    ] = "single",
     sequence_parallel: Annotated[
         int,
         typer.Option(
@@ -124,6 +132,7 @@ def finetune(
     from ropext.paths import check_output_folder
     from ropext.registry import load_plugins
     from ropext.train.defaults import describe, parse_position_skip, parse_share
+    from ropext.train.needles import parse_practice
     from ropext.train.trainer import FinetuneRequest, Interrupted, launcher_world, plan_finetune, run_finetune
 
     load_plugins()
@@ -156,6 +165,7 @@ def finetune(
         position_skip=parse_position_skip(position_skip),
         short_share=parse_share(short_share, "--short-share"),
         needle_share=parse_share(needle_share, "--needle-share"),
+        practice=parse_practice(practice),
         sequence_parallel=sequence_parallel,
     )
     world = launcher_world()
@@ -178,7 +188,8 @@ def finetune(
         if is_main:  # the windows as resolved (the defaults are chosen from the scaling and the train length)
             chosen = plan.request
             shown.print(
-                f"training windows: {describe(chosen.position_skip, chosen.short_share, chosen.needle_share)}",
+                "training windows: "
+                + describe(chosen.position_skip, chosen.short_share, chosen.needle_share, chosen.practice),
                 highlight=False,
                 soft_wrap=True,  # one line in a log, too
             )

@@ -80,16 +80,23 @@ def resolve_needle_share(value: float | Auto, train_length: int, shortest: int) 
     return AUTO_NEEDLE_SHARE if train_length >= shortest else 0.0
 
 
-def describe(position_skip: int | None, short_share: float, needle_share: float) -> str:
-    """The training windows in words, for the line before training starts."""
+def describe(
+    position_skip: int | None, short_share: float, needle_share: float, practice: tuple[str, ...] = ("single",)
+) -> str:
+    """The training windows in words, for the line before training starts; the practice kinds (``--practice``)
+    only when they are not the default, one key among four (needles.DEFAULT_PRACTICE, spelled out here so that
+    the command line's start-up does not import numpy)."""
     if position_skip is None:
         parts = ["plain positions"]
     else:
         parts = [f"PoSE positions up to {position_skip}"]
         if short_share:
             parts.append(f"{_percent(short_share)} of windows at short positions")
-    practice = f"retrieval practice in {_percent(needle_share)} of windows" if needle_share else "no retrieval practice"
-    parts.append(practice)
+    if not needle_share:
+        parts.append("no retrieval practice")
+    else:
+        kinds = "" if practice == ("single",) else f" ({', '.join(practice)})"
+        parts.append(f"retrieval practice{kinds} in {_percent(needle_share)} of windows")
     return ", ".join(parts)
 
 

@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -57,7 +58,14 @@ from ropext.train.defaults import (
     resolve_position_skip,
     resolve_short_share,
 )
-from ropext.train.needles import ANSWER_WEIGHT, NEEDLES, NeedlePlan, check_needle_share
+from ropext.train.needles import (
+    ANSWER_WEIGHT,
+    DEFAULT_PRACTICE,
+    NEEDLES,
+    NeedlePlan,
+    check_needle_share,
+    parse_practice,
+)
 from ropext.train.sequence_parallel import (
     SequenceGroup,
     check_heads,
@@ -120,6 +128,9 @@ class FinetuneRequest:
     needle_share: float | Auto = AUTO
     """Share of windows carrying retrieval practice (ropext/train/needles.py); 0: none, plain windows.
     `AUTO`: 0.25 where the train length holds practice windows, else 0."""
+    practice: tuple[str, ...] = DEFAULT_PRACTICE
+    """What practice windows ask (ropext/train/needles.py `KINDS`), each window one kind drawn uniformly;
+    kinds other than the default need practice on (a share above 0)."""
     sequence_parallel: int = 1
     """Processes that train each window together (ropext/train/sequence_parallel.py); the world is
     data-parallel × this."""
@@ -191,6 +202,7 @@ class Plan:
                     **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
                     **({"short_share": request.short_share} if request.short_share else {}),
                     **({"needle_share": request.needle_share} if request.needle_share else {}),
+                    **({"practice": list(request.practice)} if request.practice != DEFAULT_PRACTICE else {}),
                     # ZeRO-3's shards and the data order follow the group layout.
                     **({"sequence_parallel": request.sequence_parallel} if request.sequence_parallel > 1 else {}),
                 }
@@ -246,6 +258,9 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     )
     if request.needle_share != AUTO:
         check_needle_share(request.needle_share)
+    request = replace(request, practice=parse_practice(",".join(request.practice)))  # known kinds, in order
+    if request.needle_share == 0:
+        _check_practice_used(request, "--needle-share 0")
     if request.short_share > 0:
         scaling = with_short_regime(scaling)
     if request.init == "pretrained":
@@ -259,10 +274,16 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
         raise RopextError(f"the tokenizer of {request.model} has no eos token to put between training documents")
     chosen_share = request.needle_share != AUTO
     if not chosen_share:  # needs the tokenizer: practice's length is counted in its tokens
-        shortest = NeedlePlan(request.train_length, tokenizer=tokenizer).shortest_length()
+        shortest = NeedlePlan(request.train_length, tokenizer=tokenizer, kinds=request.practice).shortest_length()
         request = replace(request, needle_share=resolve_needle_share(AUTO, request.train_length, shortest))
+        if request.needle_share == 0:
+            _check_practice_used(
+                request,
+                f"--needle-share auto is 0: --train-length {request.train_length} is below the {shortest} "
+                "tokens these practice windows need",
+            )
     assert AUTO not in (request.position_skip, request.short_share, request.needle_share), request
-    needles = NeedlePlan(request.train_length, request.needle_share, request.seed, tokenizer)
+    needles = NeedlePlan(request.train_length, request.needle_share, request.seed, tokenizer, request.practice)
     if chosen_share:  # auto already chose practice only where it fits (counting is half a second's tokenising)
         needles.check_length()  # before the corpus is tokenised, the slow part of planning
     corpus_files = open_corpus(request.corpus)
@@ -290,6 +311,16 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     if resume_tag is not None:
         _check_resumable(plan)
     return plan
+
+
+def _check_practice_used(request: FinetuneRequest, why_off: str) -> None:
+    """Kinds asked for in a run without practice would change nothing: refused rather than ignored, since
+    whoever typed them expects the windows to hold them (docs/finetune.md)."""
+    if request.practice != DEFAULT_PRACTICE:
+        raise RopextError(
+            f"--practice {','.join(request.practice)} has no effect without retrieval practice ({why_off}); "
+            "pass a --needle-share above 0 (and a --train-length that holds practice windows), or leave out --practice"
+        )
 
 
 def _check_numbers(request: FinetuneRequest) -> None:
@@ -385,7 +416,8 @@ def _check_resumable(plan: Plan) -> None:
         if key == "scaling":
             what = f"other factors than {plan.request.factors}"
         else:
-            what = f"{key} {_shown(before.get(key))}, not {_shown(value)}"
+            shown = _SHOWN.get(key, _shown)
+            what = f"{key} {shown(before.get(key))}, not {shown(value)}"
         if key in _WINDOW_OPTIONS:  # the option that gives the checkpoint's windows (its default may differ)
             option = f"--{key.replace('_', '-')}"
             raise RopextError(
@@ -395,7 +427,7 @@ def _check_resumable(plan: Plan) -> None:
         raise RopextError(
             f"--resume: checkpoint {plan.resume_tag} was trained with {what}; resume with the same "
             "--factors, --corpus, --train-length, --seed, --skip-docs, --position-skip, --short-share, "
-            "--needle-share and --sequence-parallel, "
+            "--needle-share, --practice and --sequence-parallel, "
             "or choose a new --out"
         )
 
@@ -408,8 +440,12 @@ _WINDOW_OPTIONS = {
     "position_skip": lambda value: "off" if value is None else str(value),
     "short_share": lambda value: str(value or 0),
     "needle_share": lambda value: str(value or 0),
+    "practice": lambda value: ",".join(value or DEFAULT_PRACTICE),
 }
-"""Settings a checkpoint holds only when used: the command-line value that gives the checkpoint's (absent: off/0)."""
+"""Settings a checkpoint holds only when used: the command-line value that gives the checkpoint's (absent: off/0,
+or the default practice)."""
+_SHOWN = {"practice": _WINDOW_OPTIONS["practice"]}
+"""Settings shown in a refusal as their command-line value rather than `_shown`'s."""
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -737,7 +773,12 @@ def save_pretrained(engine: Any, model: Any, plan: Plan, state: TrainState, worl
             **({"position_skip": request.position_skip} if request.position_skip is not None else {}),
             **({"short_share": request.short_share} if request.short_share else {}),
             **(
-                {"needle_share": request.needle_share, "needles": NEEDLES, "answer_weight": ANSWER_WEIGHT}
+                {
+                    "needle_share": request.needle_share,
+                    "practice": list(request.practice),
+                    "needles": NEEDLES,
+                    "answer_weight": ANSWER_WEIGHT,
+                }
                 if request.needle_share
                 else {}
             ),
@@ -823,8 +864,14 @@ class _Reporter:
             # The answers' mean NLL over this step's practice windows (null when none carried practice); the
             # loss above stays the plain language-model loss, so runs with and without practice compare.
             first = state.samples - plan.samples_per_step
-            practice = sum(plan.needles.carries(k) for k in range(first, state.samples))
-            record.update(needle_windows=practice, needle_loss=needle_loss, windows=plan.samples_per_step)
+            carrying = [k for k in range(first, state.samples) if plan.needles.carries(k)]
+            kinds = Counter(plan.needles.kind(k) for k in carrying)
+            record.update(
+                needle_windows=len(carrying),
+                needle_kinds={kind: kinds[kind] for kind in plan.needles.kinds},
+                needle_loss=needle_loss,
+                windows=plan.samples_per_step,
+            )
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.shown is not None:

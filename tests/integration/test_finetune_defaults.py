@@ -145,6 +145,12 @@ def test_option_values_parse_to_auto_off_or_numbers() -> None:
     )
     assert describe(None, 0.0, 0.0) == "plain positions, no retrieval practice"
     assert describe(4096, 0.0, 0.125) == "PoSE positions up to 4096, retrieval practice in 12.5% of windows"
+    # the practice kinds are said when they are not the default, and only where practice is on
+    assert describe(4096, 0.0, 0.125, ("single",)) == describe(4096, 0.0, 0.125)
+    assert describe(None, 0.0, 0.25, ("single", "multi-value")) == (
+        "plain positions, retrieval practice (single, multi-value) in 25% of windows"
+    )
+    assert describe(None, 0.0, 0.0, ("multi-query",)) == "plain positions, no retrieval practice"
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,8 @@ def test_a_practice_window_holds_the_needles_at_stratified_depths_then_question_
         assert all(100_000 <= n <= 999_999 for n in practice.numbers)
         needles = [_encode(tiny_tokenizer, NEEDLE_TEXT.format(word=w, number=n)) for w, n in
                    zip(practice.words, practice.numbers, strict=True)]  # fmt: skip
-        asked_word, asked_number = practice.words[practice.asked], practice.numbers[practice.asked]
+        (asked,) = practice.asked
+        asked_word, asked_number = practice.words[asked], practice.numbers[asked]
         question = _encode(tiny_tokenizer, QUESTION_TEXT.format(word=asked_word))
         answer = _encode(tiny_tokenizer, ANSWER_TEXT.format(number=asked_number))
         room = LENGTH - sum(map(len, needles)) - len(question) - len(answer)
