@@ -9,7 +9,9 @@ without fine-tuning — is evaluated on documents the training did not see.
 Retrieval-aware training (docs/results.md, "Retrieval at the target"): ``--modes plain,pose,mixed`` fine-tunes
 every scaling plainly, with PoSE position skipping to its target (``--position-skip``), and with mixed windows
 (``--short-share``); ``--second-corpus proofs=FILE`` adds perplexity on a second domain, ``--passkey-lengths``
-several passkey lengths, and ``--ruler-tasks`` RULER tasks. ``--factors original=none`` evaluates the model as it
+several passkey lengths, and ``--ruler-tasks`` RULER tasks. ``--practice KINDS`` passes ``ropext finetune
+--practice`` to the ``*-needles`` modes (their model folders and rows name the kinds, so runs of other kinds sit
+side by side); left out, finetune's default (single) applies. ``--factors original=none`` evaluates the model as it
 is; ``--no-untuned`` leaves out the rows without fine-tuning.
 
 Documents: the evaluation uses documents ``eval_skip .. eval_skip + eval_docs - 1`` of at least the longest
@@ -57,6 +59,9 @@ def main() -> None:
     )
     parser.add_argument("--short-share", default="0.25", help="mixed mode: share of short windows")
     parser.add_argument("--needle-share", default="0.25", help="*-needles modes: share of practice windows")
+    parser.add_argument(
+        "--practice", default=None, help="*-needles modes: ropext finetune --practice KINDS (default: not passed)"
+    )
     parser.add_argument("--second-corpus", default=None, help="NAME=FILE: perplexity on a second domain as well")
     parser.add_argument("--ruler-tasks", default=None, help="RULER tasks to run (default: none)")
     parser.add_argument("--ruler-lengths", default="32k,64k")
@@ -90,11 +95,13 @@ def main() -> None:
             continue  # the model as it is: nothing to fine-tune
         for length in parse_lengths(args.train_lengths, "--train-lengths"):
             for mode in modes:
-                suffix = "" if mode == "plain" else f"-{mode}"
+                practice = _practice(args.practice, mode)
+                kinds = practice[1:]  # the model folder and the row name the kinds they were trained with
+                suffix = ("" if mode == "plain" else f"-{mode}") + "".join(f"-{k.replace(',', '+')}" for k in kinds)
                 out = work / f"{name}-ft{format_length(length)}{suffix}"
                 if not args.summary_only:
-                    _finetune(args, path, length, out, longest, MODES[mode](args, path))
-                label = "" if mode == "plain" else f", {mode}"
+                    _finetune(args, path, length, out, longest, MODES[mode](args, path) + practice)
+                label = ("" if mode == "plain" else f", {mode}") + "".join(f", practice {k}" for k in kinds)
                 runs.append((f"{name}, fine-tuned at {format_length(length)}{label}", str(out), ""))
     if args.train_only:
         return
@@ -130,6 +137,14 @@ MODES = {
     "pose-needles": lambda args, path: _windows(_target(path), "0", args.needle_share),
     "mixed-needles": lambda args, path: _windows(_target(path), args.short_share, args.needle_share),
 }
+
+
+def _practice(kinds: str | None, mode: str) -> list[str]:
+    """``--practice KINDS`` for a mode with retrieval practice, when it was given: finetune refuses kinds in a
+    run without practice."""
+    if kinds is None or not mode.endswith("-needles"):
+        return []
+    return ["--practice", kinds.replace(" ", "")]
 
 
 def _named(spec: str, work: Path, model: str) -> tuple[str, Path | None]:
