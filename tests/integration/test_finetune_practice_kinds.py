@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from integration_support import CorpusFiles, assert_clean_error, assert_ok, run_cli
+from integration_support import CorpusFiles, assert_clean_error, assert_ok, run_cli, run_cli_subprocess
 
 from ropext.errors import RopextError
 from ropext.methods import METHODS
@@ -329,7 +329,8 @@ def test_training_with_every_kind_records_the_kinds(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     out = tmp_path / "out"
     extra = ("--needle-share", "0.9", "--practice", "multi-value,single,multi-query", "--batch-tokens", "2048")
-    result = run_cli(*_finetune(tiny_model, corpus_files.folder, factors, out, *extra))
+    # a process of its own: training joins a torch.distributed process group, which would outlive the test here
+    result = run_cli_subprocess(*_finetune(tiny_model, corpus_files.folder, factors, out, *extra))
     assert_ok(result)
     assert "retrieval practice (single, multi-query, multi-value) in 90% of windows" in result.stdout + result.stderr
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
