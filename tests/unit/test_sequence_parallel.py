@@ -74,7 +74,7 @@ def test_the_resume_identity_names_the_group_size_only_when_used() -> None:
     def settings(size: int) -> dict:
         request = SimpleNamespace(
             train_length=128, seed=0, skip_docs=0, skip_length=1, position_skip=None, short_share=0.0,
-            needle_share=0.0, sequence_parallel=size,
+            needle_share=0.0, practice=("single",), sequence_parallel=size,
         )  # fmt: skip
         scaling = SimpleNamespace(to_dict=lambda: {"factors": [1.0]})
         plan = SimpleNamespace(request=request, scaling=scaling, corpus_fingerprint="c")
