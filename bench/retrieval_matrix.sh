@@ -8,7 +8,7 @@
 #     GROUP     finetune-dcis (plain and PoSE) | finetune-mixed (the model, the untuned scalings, mixed windows)
 #               | needle (DCIS with the needle objective, then its evaluation) | summary (every row measured)
 #               | v2-pose | v2-short | v2-summary (round 2, below)
-#               | v3-128k | v3-ruler | v3-more | v3-summary (round 3, below)
+#               | v3-128k | v3-ruler | v3-more | v3-summary (round 3, below) | v4-kinds (round 4, to be run)
 #     DATA_DIR  folder with books-dev.jsonl.gz and proofs-dev.jsonl.gz (default .device/data)
 #     WORK_DIR  where fine-tuned models go (default /tmp/ropext-models)
 set -euo pipefail
@@ -89,7 +89,14 @@ case $group in
       --summary-only
     python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k-kept=$kept" --modes mixed-needles --no-untuned \
       --steps 300 --needle-share 0.5 --out-dir bench/results/retrieval-v3-more-h200 --work-dir "$work/more" --summary-only ;;
+  # Round 4 (to be run): practice of three kinds (finetune --practice) against round 3's RULER at 64k
+  v4-kinds)
+    python3 bench/finetune_quality.py "${v2[@]}" --factors "dcis-64k-kept=$kept" --modes mixed-needles --no-untuned \
+      --practice single,multi-query,multi-value --out-dir bench/results/retrieval-v4-h200 --work-dir "$work/kinds"
+    python3 -m ropext eval ruler --model "$work/kinds/dcis-64k-kept-ft8k-mixed-needles-single+multi-query+multi-value" \
+      --lengths 8k,64k --samples 20 --batch-size 20 \
+      --json bench/results/retrieval-v4-h200/ruler-dcis-64k-kept-mixed-needles-kinds.json ;;
   *) echo "unknown group $group: finetune-dcis, finetune-mixed, needle, summary, v2-pose, v2-short, v2-summary," \
-       "v3-128k, v3-ruler, v3-more or v3-summary" >&2
+       "v3-128k, v3-ruler, v3-more, v3-summary or v4-kinds" >&2
      exit 2 ;;
 esac
