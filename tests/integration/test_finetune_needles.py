@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from integration_support import ORIGINAL_CONTEXT, CorpusFiles, assert_clean_error, run_cli
+from practice_support import check_practice_window
 from transformers import AutoModelForCausalLM
 
 from ropext.evaluate.passkey import NEEDLE as PASSKEY_NEEDLE
@@ -29,7 +30,6 @@ from ropext.train.loss import ChunkedLossModel, causal_lm_loss
 from ropext.train.needles import (
     ANSWER_TEXT,
     ANSWER_WEIGHT,
-    MIN_TEXT_TOKENS,
     NEEDLE_TEXT,
     NEEDLES,
     QUESTION_TEXT,
@@ -64,25 +64,12 @@ def test_a_practice_window_holds_the_needles_at_stratified_depths_then_question_
         np.testing.assert_array_equal(ids[row], window)
         assert len(set(practice.words)) == NEEDLES
         assert all(100_000 <= n <= 999_999 for n in practice.numbers)
-        needles = [_encode(tiny_tokenizer, NEEDLE_TEXT.format(word=w, number=n)) for w, n in
-                   zip(practice.words, practice.numbers, strict=True)]  # fmt: skip
+        # the window's own text in order, with each needle spliced in at its stratified depth; question, answer
+        assert check_practice_window(plan, windows[row], 100 + row, tiny_tokenizer) == practice
         (asked,) = practice.asked
         asked_word, asked_number = practice.words[asked], practice.numbers[asked]
         question = _encode(tiny_tokenizer, QUESTION_TEXT.format(word=asked_word))
         answer = _encode(tiny_tokenizer, ANSWER_TEXT.format(number=asked_number))
-        room = LENGTH - sum(map(len, needles)) - len(question) - len(answer)
-        assert room >= MIN_TEXT_TOKENS
-        # the window's own text in order (its first `room` tokens), with each needle spliced in at its depth
-        text, begin = [], 0
-        for i, (start, needle) in enumerate(zip(practice.needle_starts, needles, strict=True)):
-            assert (i + 0.05) / NEEDLES <= practice.depths[i] <= (i + 0.95) / NEEDLES
-            at = round(practice.depths[i] * room)
-            assert start == at + sum(map(len, needles[:i]))
-            assert list(window[start : start + len(needle)]) == needle
-            text += list(window[start - (at - begin) : start])
-            begin = at
-        text += list(window[practice.needle_starts[-1] + len(needles[-1]) : LENGTH - len(question) - len(answer)])
-        assert text == list(windows[row, :room])
         assert list(window[LENGTH - len(question) - len(answer) :]) == question + answer
         assert tiny_tokenizer.decode(window[LENGTH - len(question) - len(answer) :]) == (
             f" What is the code for {asked_word}? The code for {asked_word} is {asked_number}."

@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from integration_support import CorpusFiles, assert_clean_error, assert_ok, run_cli, run_cli_subprocess
+from practice_support import check_practice_window
 
 from ropext.errors import RopextError
 from ropext.methods import METHODS
@@ -21,20 +21,13 @@ from ropext.model.loading import load_layout
 from ropext.scaling import RopeScaling
 from ropext.train.needles import (
     KINDS,
-    MIN_TEXT_TOKENS,
     MULTI_QUERY,
-    MULTI_QUERY_QUESTION_TEXT,
     MULTI_VALUE,
-    MULTI_VALUE_NEEDLE_TEXT,
-    MULTI_VALUE_QUESTION_TEXT,
-    NEEDLE_TEXT,
     NEEDLES,
-    QUESTION_TEXT,
     SINGLE,
     VALUES,
     NeedlePlan,
     Practice,
-    answer_text,
     parse_practice,
 )
 
@@ -70,10 +63,6 @@ def _digest(ids: np.ndarray) -> str:
     return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
 def _windows(count: int, length: int = LENGTH, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(2, 500, (count, length), dtype=np.int64)
 
@@ -94,60 +83,10 @@ def test_single_draws_and_builds_what_it_did_before_kinds_existed(tiny_tokenizer
         assert (_digest(ids), mask.sum(axis=1).tolist()) == RECORDED_BATCHES[seed]
 
 
-def _needle_text(kind: str) -> str:
-    return MULTI_VALUE_NEEDLE_TEXT if kind == MULTI_VALUE else NEEDLE_TEXT
-
-
-def _question(practice: Practice) -> str:
-    asked = [practice.words[i] for i in practice.asked]
-    if practice.kind == SINGLE:
-        return QUESTION_TEXT.format(word=asked[0])
-    if practice.kind == MULTI_QUERY:
-        return MULTI_QUERY_QUESTION_TEXT.format(first=asked[0], second=asked[1])
-    return MULTI_VALUE_QUESTION_TEXT.format(word=asked[0])
-
-
-def _check_window(plan: NeedlePlan, window: np.ndarray, sample: int, tokenizer) -> Practice:
-    """Length kept, the window's own text in order with each needle at its depth, the question and the answer
-    at the end, and a mask over exactly the answer's tokens; returns what the window holds."""
-    ids, mask = plan.batch(window[None], sample)
-    ids, mask = ids[0], mask[0]
-    again, practice = plan.insert(window, sample)
-    np.testing.assert_array_equal(ids, again)
-    assert ids.dtype == np.int64 and ids.shape == (plan.length,)
-    count = len(practice.words)
-    needles = [_encode(tokenizer, _needle_text(practice.kind).format(word=w, number=n))
-               for w, n in zip(practice.words, practice.numbers, strict=True)]  # fmt: skip
-    question = _encode(tokenizer, _question(practice))
-    answer = _encode(tokenizer, answer_text([practice.numbers[i] for i in practice.asked]))
-    room = plan.length - sum(map(len, needles)) - len(question) - len(answer)
-    assert room >= MIN_TEXT_TOKENS
-    text, begin = [], 0
-    for i, (start, needle) in enumerate(zip(practice.needle_starts, needles, strict=True)):
-        assert (i + 0.05) / count <= practice.depths[i] <= (i + 0.95) / count
-        at = round(practice.depths[i] * room)
-        assert start == at + sum(map(len, needles[:i]))
-        assert list(ids[start : start + len(needle)]) == needle
-        text += list(ids[start - (at - begin) : start])
-        begin = at
-    text += list(ids[practice.needle_starts[-1] + len(needles[-1]) : plan.length - len(question) - len(answer)])
-    assert text == list(window[:room])
-    end = plan.length - len(answer)
-    assert list(ids[end - len(question) : end]) == question
-    # the mask: the answer's tokens and nothing else, which decode to the asked numbers and their glue only
-    assert practice.answer_tokens == len(answer) and np.flatnonzero(mask).tolist() == list(range(end, plan.length))
-    said = tokenizer.decode(ids[mask])
-    numbers = [int(n) for n in re.findall(r"\d+", said)]
-    assert numbers == [practice.numbers[i] for i in practice.asked], said
-    assert re.sub(r"\d+", "N", said) in {" N.", " N and N.", " N, N and N."}, said
-    assert tokenizer.decode(ids[end - len(question) : end]) == _question(practice)
-    return practice
-
-
 def _practice_of(kind: str, tokenizer, count: int = 12) -> list[Practice]:
     plan = NeedlePlan(LENGTH, 0.99, seed=3, tokenizer=tokenizer, kinds=(kind,))
     windows = _windows(count)
-    return [_check_window(plan, windows[k], k, tokenizer) for k in range(count) if plan.carries(k)]
+    return [check_practice_window(plan, windows[k], k, tokenizer) for k in range(count) if plan.carries(k)]
 
 
 def test_a_single_window_asks_one_code_among_four(tiny_tokenizer) -> None:
@@ -204,7 +143,7 @@ def test_a_window_draws_its_kind_uniformly_and_deterministically(tiny_tokenizer)
     assert {p.kind for p in held} == set(KINDS)
     for k in range(30):
         if every.carries(k):
-            _check_window(every, windows[k], k, tiny_tokenizer)
+            check_practice_window(every, windows[k], k, tiny_tokenizer)
     # a single window is the same whichever kinds are listed beside single
     alone = dataclasses.replace(every, kinds=(SINGLE,))
     singles = [k for k in range(30) if every.carries(k) and every.kind(k) == SINGLE]
@@ -224,7 +163,7 @@ def test_the_shortest_length_covers_the_longest_kind_listed(tiny_tokenizer) -> N
     windows = _windows(60, length=tight.length, seed=2)
     for k in range(60):
         if tight.carries(k):
-            _check_window(tight, windows[k], k, tiny_tokenizer)
+            check_practice_window(tight, windows[k], k, tiny_tokenizer)
     with pytest.raises(RopextError, match=f"at least {shortest[MULTI_VALUE]} tokens .*--practice single,multi-value"):
         dataclasses.replace(both, length=shortest[MULTI_VALUE] - 1).check_length()
 
