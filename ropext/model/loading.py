@@ -15,6 +15,7 @@ from typing import Any
 from ropext.errors import RopextError
 from ropext.locking import FileLock
 from ropext.model.aliases import ALIASES, alias_path
+from ropext.model.gguf_tokenizer import require_gguf_bos
 from ropext.model.layout import RotaryLayout, read_layout
 from ropext.paths import cache_dir
 
@@ -104,8 +105,10 @@ def _convert_gguf(source: ModelSource, folder: Path) -> None:
     quiet_transformers()
     with _status(f"converting {source.gguf_file} once to {folder}"):
         try:
-            model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
+            # the tokenizer first: it is checked before the minute the weights take
             tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+            require_gguf_bos(Path(source.path) / str(source.gguf_file), tokenizer)
+            model = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, dtype=torch.float32)
         except (OSError, ValueError, KeyError) as err:
             raise _hub_errors(source, err) from None
         # The dequantised weights are plain tensors now; a saved quantization config would make
