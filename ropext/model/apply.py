@@ -15,7 +15,13 @@ from torch import nn
 from ropext.errors import RopextError
 from ropext.model.layout import read_layout, text_config
 from ropext.model.rope_config import check_accepted, verify_scaling, write_scaling
-from ropext.model.rotary import StartTokenRotary, build_rotary, inner_rotary, rotary_modules
+from ropext.model.rotary import (
+    StartTokenRotary,
+    build_rotary,
+    inner_rotary,
+    recompute_long_frequencies_per_call,
+    rotary_modules,
+)
 from ropext.scaling import RopeScaling
 
 __all__ = ["StartTokenRotary", "apply_scaling", "rotary_modules", "verify_scaling"]
@@ -40,6 +46,7 @@ def apply_scaling(model: nn.Module, scaling: RopeScaling, source: str = "the sca
         write_scaling(inner.config, scaling)
         device = next(inner.buffers()).device
         scaled = build_rotary(type(inner), inner.config, device)
+        recompute_long_frequencies_per_call(scaled)
         if scaling.start_tokens > 0:
             unscaled_config = copy.deepcopy(original_config)
             write_scaling(unscaled_config, _unscaled_like(scaling))

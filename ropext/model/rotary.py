@@ -55,6 +55,26 @@ def rotary_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in found if not any(n.startswith(p + ".") for p, _ in found if p != n)]
 
 
+def _drop_cached_long_frequencies(module: nn.Module, args: Any) -> None:
+    for name in [n for n in vars(module) if n.endswith("_long_inv_freq")]:
+        delattr(module, name)
+
+
+def recompute_long_frequencies_per_call(module: nn.Module) -> None:
+    """Make a per-layer-type ``longrope`` module (Gemma 3's global layers) rebuild its long frequencies on
+    every call.
+
+    transformers 5.17 to 5.19 (at least; 5.23 is fixed) cache them as ``{layer_type}_long_inv_freq`` after the
+    first input longer than the original context, then on the next such input see the cache but never read it
+    (``UnboundLocalError``): a second long forward, in training or over a second document, fails. Later versions
+    read the cache. Dropping it before each call is correct for both, and rebuilding costs one vector of
+    ``pairs`` floats. ropext asks for 5.23, but a Gemma 3 folder (no GGUF check) also loads on older versions.
+    """
+    rope_type = getattr(module, "rope_type", None)
+    if isinstance(rope_type, dict) and "longrope" in rope_type.values():
+        module.register_forward_pre_hook(_drop_cached_long_frequencies)
+
+
 def build_rotary(cls: type, config: Any, device: torch.device | str) -> nn.Module:
     # Allocating under the device context puts the float32 buffers where the model lives, whether or
     # not this transformers version's rotary constructor takes a ``device`` argument.

@@ -145,6 +145,20 @@ def test_scaling_the_local_layers_would_show_in_the_logits() -> None:
     assert (_logits(model, LONG_INPUT) - _logits(wrong, LONG_INPUT)).abs().max() > 1e-3
 
 
+def test_every_long_input_rebuilds_the_long_frequencies() -> None:
+    # transformers 5.17 caches the global layers' long frequencies after one input beyond the original
+    # context and fails on the next (it finds the cache and never reads it); ropext drops the cache before
+    # each call. A stale cache planted between two long inputs must therefore change nothing.
+    model = _model()
+    apply_scaling(model, _scaling(read_layout(model.config), "vector"))
+    first = _logits(model, LONG_INPUT)
+    rotary = model.model.rotary_emb
+    # the name transformers caches the long frequencies under (read back if present, by 5.18 and later)
+    rotary.full_attention_long_inv_freq = torch.zeros_like(rotary.full_attention_inv_freq)
+    torch.testing.assert_close(_logits(model, LONG_INPUT), first, rtol=0, atol=0)
+    torch.testing.assert_close(_logits(model, LONG_INPUT), first, rtol=0, atol=0)
+
+
 @pytest.fixture(scope="module")
 def gemma3_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
