@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Issue 13's GPU measurements. One group per GPU; every stage resumes (result files, search journals, fine-tune
 # checkpoints, the summaries below), so a group cut short is rerun as it was and does only what is missing.
-# Measured so far (bench/results/long-context-h200, with round 3's retrieval results in retrieval-v3-h200):
-# ulysses with --sequence-parallel 2 at 64k and 128k (ulysses-7b-sp2.{md,json}, log ulysses-7b.log); plain
-# ZeRO-3 (sp 1) was cut off by the time limit during 64k. engine-7b stopped at once on the config-only folder
-# (search.py engine now builds the model from its config: --init random).
+# Measured so far (bench/results/long-context-h200, with round 3's retrieval results in retrieval-v3-h200): ulysses
+# (both rows), engine-7b, and of the Gemma groups the original model's perplexity on the books, passkey and most of
+# RULER, and 145 of DCIS's 187 evaluations (its journal: the search resumes there).
 #
 #   bench/long_context_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     gemma-closed  gemma3-270m as it is and with YaRN 32k -> 128k: perplexity (books, proofs), passkey, RULER
 #     gemma-dcis    DCIS 32k -> 128k on gemma3-270m with --keep-short-context (2 documents, racing), then the
-#                   same evaluation, untuned and after a fine-tune at 16k with finetune's defaults for these
+#                   same evaluation after a fine-tune at 16k with finetune's defaults for these
 #                   factors (PoSE to 128k, a quarter of the windows at short positions, retrieval practice in a
 #                   quarter; 200 steps x 32k tokens = 6.6M tokens)
+#     gemma-dcis-untuned  the factors gemma-dcis searched, evaluated as they are (a second GPU can run it while
+#                   gemma-dcis fine-tunes)
+#     gemma-summary one summary.md of every gemma row measured so far (the gemma groups end with it)
 #     ulysses       a 7B Llama-2 shape (random weights) fine-tuned at 64k and 128k on two GPUs, with and without
 #                   --sequence-parallel 2: tokens/s per GPU, MFU, peak memory (or the out-of-memory it hits)
 #     engine-7b     the search engine's seconds per candidate for the 7B shape at 32k, 64k, 128k on one GPU
@@ -36,7 +38,8 @@ gemma=(
 )
 case $group in
   gemma-closed)
-    python3 bench/finetune_quality.py "${gemma[@]}" --factors original=none --factors yarn-128k=yarn:128k --modes none ;;
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors original=none --factors yarn-128k=yarn:128k --modes none
+    bash "$0" gemma-summary "$data" "$work" ;;
   gemma-dcis)
     # the recipe of issue 12 (docs/results.md, rounds 2-3): short context kept, then mixed windows + practice.
     # levels=5 stops DCIS at groups of 4 of Gemma's 128 pairs (187 evaluations instead of 769), to fit the GPU time
@@ -44,7 +47,18 @@ case $group in
       --keep-short-context --param levels=5 --corpus "$data/books-dev.jsonl.gz" --samples 2 --race \
       --out "$out/gemma-dcis-128k-kept.yaml"
     python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k-kept=$out/gemma-dcis-128k-kept.yaml" \
-      --modes mixed-needles ;;
+      --modes mixed-needles
+    bash "$0" gemma-summary "$data" "$work" ;;
+  gemma-dcis-untuned)
+    # the searched factors without fine-tuning; on a second GPU while gemma-dcis fine-tunes
+    [ -f "$out/gemma-dcis-128k-kept.yaml" ] || { echo "run gemma-dcis first: it searches the factors" >&2; exit 2; }
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors "dcis-128k-kept=$out/gemma-dcis-128k-kept.yaml" \
+      --untuned --modes none
+    bash "$0" gemma-summary "$data" "$work" ;;
+  gemma-summary)
+    # one table of every Gemma row measured so far (each group above rewrites summary.md with its own rows)
+    python3 bench/finetune_quality.py "${gemma[@]}" --factors original=none --factors yarn-128k=yarn:128k \
+      --factors "dcis-128k-kept=$out/gemma-dcis-128k-kept.yaml" --untuned --modes mixed-needles --summary-only ;;
   ulysses)
     for sp in 2 1; do
       if complete "$out/ulysses-7b-sp$sp.json" 64k,128k 2; then
@@ -61,5 +75,5 @@ case $group in
     [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
     python3 bench/search.py engine --model "$work/l7b" --corpus "$data/books-dev.jsonl.gz" --out-dir "$out/engine-7b" \
       --init random --samples 1 --candidates 2 --backends auto --no-naive --engine-lengths 32k,64k,128k ;;
-  *) echo "unknown group $group: gemma-closed, gemma-dcis, ulysses or engine-7b" >&2; exit 2 ;;
+  *) echo "unknown group $group: gemma-closed, gemma-dcis, gemma-dcis-untuned, gemma-summary, ulysses or engine-7b" >&2; exit 2 ;;
 esac
