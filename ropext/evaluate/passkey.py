@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ropext.data.tokenized import encode
+from ropext.data.tokenized import encode, special_prefix
 from ropext.errors import RopextError
 from ropext.evaluate.progress import Tracker
 from ropext.evaluate.task import Task
@@ -95,7 +95,8 @@ def build_prompt(tokenizer: Any, length: int, depth: float, key: int) -> Passkey
     if not 0.0 <= depth <= 1.0:
         raise RopextError(f"depth {depth} must be between 0 and 1")
     needle = NEEDLE.format(key=key)
-    fixed = len(encode(tokenizer, TASK_INTRO + needle + QUESTION))
+    prefix = special_prefix(tokenizer)  # <bos> where the tokenizer puts one, as the model saw text in training
+    fixed = len(prefix) + len(encode(tokenizer, TASK_INTRO + needle + QUESTION))
     per_filler = len(encode(tokenizer, FILLER))
     fillers = (length - fixed) // per_filler
     if fillers < 1:
@@ -103,7 +104,7 @@ def build_prompt(tokenizer: Any, length: int, depth: float, key: int) -> Passkey
     while True:
         before = round(depth * fillers)
         text = TASK_INTRO + FILLER * before + needle + FILLER * (fillers - before) + QUESTION
-        ids = encode(tokenizer, text)
+        ids = prefix + encode(tokenizer, text)
         if len(ids) <= length or fillers == 1:
             return PasskeyPrompt(ids, key)
         fillers -= 1  # joins between pieces may tokenise slightly longer than the pieces alone

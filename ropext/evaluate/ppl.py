@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ropext.data.corpus import open_corpus
-from ropext.data.tokenized import TokenizedCorpus, tokenize_corpus
+from ropext.data.tokenized import TokenizedCorpus, special_prefix, tokenize_corpus
 from ropext.errors import RopextError
 from ropext.evaluate.nll import DEFAULT_CHUNK_TOKENS, summed_nll
 from ropext.evaluate.progress import Tracker
@@ -86,21 +86,23 @@ def select_documents(corpus: TokenizedCorpus, options: PerplexityOptions) -> lis
 
 
 def windows_for(
-    corpus: TokenizedCorpus, documents: list[int], length: int, options: PerplexityOptions
+    corpus: TokenizedCorpus, documents: list[int], length: int, options: PerplexityOptions, prefix: int = 0
 ) -> Iterator[Window]:
+    """The text part of every window: ``length - prefix`` tokens, after the ``prefix`` special tokens."""
+    text = length - prefix
     for doc in documents:
         size = len(corpus.document(doc))
         if options.mode == "truncate":
-            yield Window(doc, 0, length, 0)
+            yield Window(doc, 0, text, 0)
             continue
         stride = options.stride if options.stride is not None else max(1, length // 2)
-        if not 0 < stride < length:
-            raise RopextError(f"--stride must be between 1 and {length - 1} (below the window length), got {stride}")
+        if not 0 < stride < text:
+            raise RopextError(f"--stride must be between 1 and {text - 1} (below the window length), got {stride}")
         scored_until = 0  # global position of the last target scored so far
         start = 0
         while True:
-            stop = min(start + length, size)
-            begin = max(0, stop - length)  # every window is full length; the last one ends at the document's end
+            stop = min(start + text, size)
+            begin = max(0, stop - text)  # every window is full length; the last one ends at the document's end
             # Score only targets after scored_until; stride < length guarantees an overlap, so
             # every target is scored exactly once.
             yield Window(doc, begin, stop, max(scored_until - begin, 0))
@@ -145,8 +147,13 @@ def perplexity_at(
     options: PerplexityOptions,
     device: str,
     on_window: Callable[[], None] | None = None,
+    prefix: Sequence[int] = (),
 ) -> LengthResult:
-    windows = list(windows_for(corpus, documents, length, options))
+    """``prefix``: the tokenizer's leading special tokens (`special_prefix`), put before every window's text.
+    A document's first window then also scores its first token, predicted from them; later windows score
+    what follows the previous one, as without a prefix."""
+    windows = list(windows_for(corpus, documents, length, options, len(prefix)))
+    lead = torch.tensor(list(prefix), dtype=torch.int64)
     cuda = str(device).startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -154,8 +161,10 @@ def perplexity_at(
     began = time.perf_counter()
     nll, tokens = 0.0, 0
     for window in windows:
-        ids = torch.from_numpy(corpus.document(window.document)[window.start : window.stop].astype("int64"))
-        total, count = summed_nll(model, ids[None].to(device), window.score_from, options.chunk_tokens)
+        text = torch.from_numpy(corpus.document(window.document)[window.start : window.stop].astype("int64"))
+        ids = torch.cat([lead, text])
+        score_from = 0 if window.start == 0 else window.score_from + len(lead)
+        total, count = summed_nll(model, ids[None].to(device), score_from, options.chunk_tokens)
         nll += float(total.sum())
         tokens += count
         if on_window is not None:
@@ -175,10 +184,13 @@ def evaluate_perplexity(
     documents = select_documents(corpus, options)
     # A finished length is reused only if it was measured on these very documents of this very corpus
     # (a rerun with a longer --lengths may select other documents).
-    identity = {"documents": documents, "corpus_fingerprint": corpus_files.fingerprint}
+    identity: dict[str, Any] = {"documents": documents, "corpus_fingerprint": corpus_files.fingerprint}
+    prefix = special_prefix(prepared.tokenizer)
+    if prefix:  # recorded where there is one, so results measured without it are not reused
+        identity["leading_tokens"] = prefix
     results = {key: value for key, value in (done or {}).items() if all(value.get(k) == v for k, v in identity.items())}
     todo = [length for length in options.lengths if str(length) not in results]
-    total = sum(len(list(windows_for(corpus, documents, length, options))) for length in todo)
+    total = sum(len(list(windows_for(corpus, documents, length, options, len(prefix)))) for length in todo)
     tracker.begin(f"ppl {prepared.label}", total)
     for length in todo:
         result = perplexity_at(
@@ -189,6 +201,7 @@ def evaluate_perplexity(
             options,
             prepared.device,
             on_window=lambda length=length: tracker.advance(f"ppl {prepared.label} @ {format_length(length)}"),
+            prefix=prefix,
         )
         if not math.isfinite(result.nll):
             # Never write NaN or inf as a result; the lengths finished before this one are already saved.

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ropext.data.corpus import open_corpus
-from ropext.data.tokenized import tokenize_corpus
+from ropext.data.tokenized import special_prefix, tokenize_corpus
 from ropext.errors import RopextError
 from ropext.registry import Registry
 
@@ -39,7 +39,8 @@ class ObjectiveWindows:
 
 
 def search_windows(tokenizer: Any, request: Any, length: int) -> torch.Tensor:
-    """The first ``length`` tokens of ``samples`` documents at least ``length`` long (after skip_docs)."""
+    """The tokenizer's leading special tokens (`special_prefix`), then the first tokens of ``samples`` documents
+    at least ``length`` long (after skip_docs), ``length`` tokens in all."""
     corpus = tokenize_corpus(tokenizer, open_corpus(request.corpus))
     documents = corpus.require(length, what="search")[request.skip_docs :]
     if len(documents) < request.samples:
@@ -47,8 +48,10 @@ def search_windows(tokenizer: Any, request: Any, length: int) -> torch.Tensor:
             f"corpus {request.corpus} has {len(documents)} documents of {length}+ tokens after skipping "
             f"{request.skip_docs}; the search needs --samples {request.samples}: lower --samples or add documents"
         )
-    rows = [torch.from_numpy(corpus.document(d)[:length].astype("int64")) for d in documents[: request.samples]]
-    return torch.stack(rows)
+    prefix = special_prefix(tokenizer)
+    text = length - len(prefix)
+    rows = [prefix + corpus.document(d)[:text].astype("int64").tolist() for d in documents[: request.samples]]
+    return torch.tensor(rows, dtype=torch.int64)
 
 
 class Perplexity:
@@ -87,8 +90,10 @@ def needle_depths(count: int, rng: random.Random) -> list[float]:
 
 def needle_windows(tokenizer: Any, documents: torch.Tensor, seed: int) -> ObjectiveWindows:
     """Each document's first tokens with a needle inserted at its depth, then the question and the answer;
-    every row keeps the documents' length, and the answer's tokens end it."""
+    every row keeps the documents' length, and the answer's tokens end it. The rows of ``documents`` start
+    with the tokenizer's leading special tokens (`search_windows`), which stay first."""
     count, length = documents.shape
+    lead = len(special_prefix(tokenizer))
     rng = random.Random(f"needle:{seed}")  # seeded apart from the searcher's own random stream
     depths = needle_depths(count, rng)
     rows, answers, positions = [], [], []
@@ -97,17 +102,17 @@ def needle_windows(tokenizer: Any, documents: torch.Tensor, seed: int) -> Object
         number = rng.randrange(1_000_000, 10_000_000)
         needle = _encode(tokenizer, NEEDLE_TEXT.format(number=number))
         answer = _encode(tokenizer, ANSWER_TEXT.format(number=number))
-        room = length - len(needle) - len(question) - len(answer)
+        room = length - lead - len(needle) - len(question) - len(answer)
         if room < 1:
             raise RopextError(
                 f"a needle window of {length} tokens has no room for text around the needle "
                 f"({len(needle) + len(question) + len(answer)} tokens): search a longer target length"
             )
-        hay = documents[row, :room].tolist()
+        prefix, hay = documents[row, :lead].tolist(), documents[row, lead : lead + room].tolist()
         at = round(depth * room)
-        rows.append(hay[:at] + needle + hay[at:] + question + answer)
+        rows.append(prefix + hay[:at] + needle + hay[at:] + question + answer)
         answers.append(len(answer))
-        positions.append(at)
+        positions.append(lead + at)
     ids = torch.tensor(rows, dtype=torch.int64)
     details = {"depths": [round(d, 4) for d in depths], "needle_positions": positions}
     return ObjectiveWindows(ids, tuple(answers), details=details)

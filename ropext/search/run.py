@@ -15,6 +15,7 @@ import torch
 from ropext import __version__
 from ropext.critical import critical_floors
 from ropext.data.corpus import open_corpus
+from ropext.data.tokenized import special_prefix
 from ropext.distributed import World, join_launched_processes, launched_device
 from ropext.errors import RopextError
 from ropext.methods import METHODS
@@ -132,8 +133,9 @@ def run_search(
     world = join_launched_processes()
     # Under torchrun each process drives the GPU of its local rank; alone, every --devices GPU.
     devices = [launched_device()] if world.size > 1 else resolve_devices(request.devices)
-    scored = plan.objective.windows(load_tokenizer(source), request, plan.window_length)
-    identity = journal_identity(request, layout, plan, space)
+    tokenizer = load_tokenizer(source)
+    scored = plan.objective.windows(tokenizer, request, plan.window_length)
+    identity = journal_identity(request, layout, plan, space, special_prefix(tokenizer))
     replicas = [(load_model(source, device=d, dtype=resolve_dtype(request.dtype, d)), d) for d in devices]
     # Only now that everything loaded: a run that fails before this leaves no journal behind.
     # Only rank 0 keeps the journal; the others receive its scores, so every process retraces the same steps.
@@ -325,9 +327,10 @@ class BudgetedObjective:
 
 # -------------------------------------------------------------------------------------------- journal
 def journal_identity(
-    request: SearchRequest, layout: RotaryLayout, plan: SearchPlan, space: SearchSpace
+    request: SearchRequest, layout: RotaryLayout, plan: SearchPlan, space: SearchSpace, prefix: list[int] | None = None
 ) -> dict[str, Any]:
-    """What makes two runs the same search: a journal resumes only under an equal identity."""
+    """What makes two runs the same search: a journal resumes only under an equal identity. ``prefix``: the
+    windows' leading special tokens (`special_prefix`)."""
     identity = {
         "model": request.model,
         "layout": asdict(layout) | {"name": None},
@@ -358,6 +361,9 @@ def journal_identity(
         identity["racing"] = racing.identity()
     if plan.search_attention:
         identity["attention_searched"] = True  # only when on: older journals keep their identity
+    if prefix:
+        # Only where there are any (SmolLM2 has none): a journal of windows without <bos> is another search.
+        identity["leading_tokens"] = list(prefix)
     return identity
 
 

@@ -63,11 +63,14 @@ class PackedWindows:
     separator: int
     """Token put after every document (the tokenizer's eos), so the model sees where documents end."""
     seed: int = 0
+    prefix: tuple[int, ...] = ()
+    """The tokenizer's leading special tokens (`special_prefix`: ``<bos>`` for Gemma, none for SmolLM2), put
+    before each window's text as the model saw text in training; the text fills the rest of the length."""
     _packings: dict[int, _EpochPacking] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.length < 2:
-            raise RopextError(f"--train-length must be at least 2 tokens, got {self.length}")
+        if self.length < len(self.prefix) + 2:
+            raise RopextError(f"--train-length must be at least {len(self.prefix) + 2} tokens, got {self.length}")
         lengths = self.corpus.lengths()[self.documents] if len(self.documents) else np.zeros(0, np.int64)
         self._piece_lengths = lengths.astype(np.int64) + 1
 
@@ -77,9 +80,14 @@ class PackedWindows:
         return int(self._piece_lengths.sum())
 
     @property
+    def text_length(self) -> int:
+        """Tokens of text per window: the length less the prefix."""
+        return self.length - len(self.prefix)
+
+    @property
     def windows_per_epoch(self) -> int:
         """Full windows per epoch (the stream's tail shorter than a window is left out)."""
-        return self.tokens_per_epoch // self.length
+        return self.tokens_per_epoch // self.text_length
 
     def _packing(self, epoch: int) -> _EpochPacking:
         packing = self._packings.get(epoch)
@@ -103,7 +111,8 @@ class PackedWindows:
             raise RopextError("the corpus cannot fill a single training window")
         epoch, index = divmod(sample, per_epoch)
         packing = self._packing(epoch)
-        return self._stream(packing, int(packing.windows[index]) * self.length, self.length)
+        text = self._stream(packing, int(packing.windows[index]) * self.text_length, self.text_length)
+        return np.concatenate([np.asarray(self.prefix, dtype=np.int64), text]) if self.prefix else text
 
     def batch(self, first_sample: int, count: int) -> np.ndarray:
         """Samples ``first_sample .. first_sample + count - 1`` as one [count, length] int64 array."""

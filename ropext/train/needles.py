@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from ropext.data.tokenized import special_prefix
 from ropext.errors import RopextError
 
 NEEDLES = 4
@@ -206,6 +207,11 @@ class NeedlePlan:
     def active(self) -> bool:
         return self.share > 0
 
+    @functools.cached_property
+    def prefix(self) -> tuple[int, ...]:
+        """The windows' leading special tokens (`PackedWindows.prefix`), which practice never moves."""
+        return tuple(special_prefix(self.tokenizer))
+
     def _rng(self, sample: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, _STREAM, sample])
 
@@ -250,7 +256,7 @@ class NeedlePlan:
             + most([MULTI_VALUE_QUESTION_TEXT.format(word=w) for w in longest])
             + answers(max(VALUES)),
         }
-        return max(sizes[kind] for kind in self.kinds) + MIN_TEXT_TOKENS
+        return max(sizes[kind] for kind in self.kinds) + MIN_TEXT_TOKENS + len(self.prefix)
 
     def check_length(self) -> None:
         """Refuse a train length too short for practice windows, naming the shortest that works."""
@@ -284,11 +290,13 @@ class NeedlePlan:
                 "use a longer --train-length"
             )
         text = window[:room]
+        # The window's leading special tokens (<bos>, where the tokenizer puts one) stay first.
+        lead = len(self.prefix)
         pieces: list[np.ndarray] = []
         starts: list[int] = []
         begin, filled = 0, 0
         for depth, needle in zip(depths, needles, strict=True):
-            at = round(depth * room)
+            at = lead + round(depth * (room - lead))
             pieces.append(text[begin:at])
             filled += at - begin
             starts.append(filled)

@@ -214,7 +214,7 @@ class Plan:
 def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     """Check every input and prepare the data; raises `RopextError` for anything wrong, loads no weights."""
     from ropext.data.corpus import open_corpus
-    from ropext.data.tokenized import tokenize_corpus
+    from ropext.data.tokenized import special_prefix, tokenize_corpus
     from ropext.model.loading import load_config, load_layout, load_tokenizer, materialize
     from ropext.model.prepared import choose_scaling
 
@@ -289,7 +289,8 @@ def plan_finetune(request: FinetuneRequest, world_size: int = 1) -> Plan:
     corpus_files = open_corpus(request.corpus)
     corpus = tokenize_corpus(tokenizer, corpus_files)
     documents = training_documents(corpus, request.skip_docs, request.skip_length)
-    windows = PackedWindows(corpus, documents, request.train_length, int(separator), request.seed)
+    prefix = tuple(special_prefix(tokenizer))
+    windows = PackedWindows(corpus, documents, request.train_length, int(separator), request.seed, prefix)
     check_fills(windows, ds_config.micro_batch(config), request.corpus, request.skip_docs)
     plan = Plan(
         request=request,

@@ -15,9 +15,9 @@ import pytest
 import torch
 from integration_support import CorpusFiles, assert_clean_error, assert_ok, read_json, run_cli
 
-from ropext.data.tokenized import encode
+from ropext.data.tokenized import encode, special_prefix
 from ropext.evaluate.ruler import run as ruler_run
-from ropext.evaluate.ruler.prompts import build_prompt, special_prefix
+from ropext.evaluate.ruler.prompts import build_prompt
 from ropext.evaluate.ruler.tasks import ALL_TASKS, NOISE, QA_TASKS, RULER_PROMPTS, make_sample
 from ropext.model.prepared import PreparedModel, prepare_model
 

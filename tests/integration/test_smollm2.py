@@ -14,7 +14,7 @@ import torch
 from integration_support import assert_close, assert_ok, read_json, run_cli_subprocess
 
 from ropext.data.corpus import BUILTIN_STDLIB, open_corpus
-from ropext.data.tokenized import encode
+from ropext.data.tokenized import encode, special_prefix
 from ropext.evaluate.nll import summed_nll
 from ropext.evaluate.passkey import FILLER, build_prompt
 from ropext.methods import METHODS
@@ -61,6 +61,12 @@ def test_alias_loads_as_float32_llama_with_8k_context(smollm2: PreparedModel) ->
     assert smollm2.layout.original_max_position_embeddings == 8192
     assert next(smollm2.model.parameters()).dtype == torch.float32
     assert smollm2.scaling is None
+
+
+def test_smollm2_texts_get_no_leading_special_tokens(smollm2: PreparedModel) -> None:
+    # Windows and prompts start with the tokenizer's leading special tokens; SmolLM2's file asks for none, so
+    # every committed SmolLM2 number was measured on the inputs ropext builds today.
+    assert special_prefix(smollm2.tokenizer) == []
 
 
 @pytest.mark.parametrize("chunk_tokens", [4096, 100])

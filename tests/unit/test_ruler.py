@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ropext.data.tokenized import encode
+from ropext.data.tokenized import encode, special_prefix
 from ropext.errors import RopextError
 from ropext.evaluate.ruler import prompts as ruler_prompts
-from ropext.evaluate.ruler.prompts import Prompt, build_prompt, fit_units, special_prefix
+from ropext.evaluate.ruler.prompts import Prompt, build_prompt, fit_units
 from ropext.evaluate.ruler.run import equal_length_batches
 from ropext.evaluate.ruler.scoring import postprocess, score, string_match_all, string_match_part
 from ropext.evaluate.ruler.tasks import (

@@ -33,16 +33,6 @@ _GROWTH = 32
 _SECANT_STEPS = 8
 
 
-def special_prefix(tokenizer: Any) -> list[int]:
-    """The special tokens the tokenizer puts before a text (``[bos]`` for Llama, ``[]`` for many others)."""
-    plain = encode(tokenizer, "a")
-    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start]
-    return []
-
-
 def fit_units(
     count: Callable[[int], int],
     budget: int,

@@ -18,10 +18,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from ropext.data.tokenized import special_prefix
 from ropext.errors import RopextError
 from ropext.evaluate.progress import Tracker
 from ropext.evaluate.ruler.chat import ChatWrap, chat_wrap, has_chat_template
-from ropext.evaluate.ruler.prompts import Prompt, build_prompt, special_prefix
+from ropext.evaluate.ruler.prompts import Prompt, build_prompt
 from ropext.evaluate.ruler.scoring import score
 from ropext.evaluate.ruler.tasks import (
     ALL_TASKS,
