@@ -97,7 +97,11 @@ def windows_for(
             continue
         stride = options.stride if options.stride is not None else max(1, length // 2)
         if not 0 < stride < text:
-            raise RopextError(f"--stride must be between 1 and {text - 1} (below the window length), got {stride}")
+            after = " after its leading special tokens" if prefix else ""
+            raise RopextError(
+                f"--stride must be between 1 and {text - 1} (below a window's {text} tokens of text{after}), "
+                f"got {stride}"
+            )
         scored_until = 0  # global position of the last target scored so far
         start = 0
         while True:

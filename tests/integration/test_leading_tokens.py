@@ -188,3 +188,13 @@ def test_a_search_journal_without_the_prefix_is_another_search(
     out.unlink()
     assert_clean_error(search(), "different search", "leading_tokens")
     assert len(journal.read_text().splitlines()) == 1 + len(entries)  # nothing computed is lost
+
+
+def test_a_stride_as_long_as_the_text_is_one_line_naming_the_limit(bos_model: Path, corpus_files: CorpusFiles) -> None:
+    from integration_support import assert_clean_error
+
+    result = run_cli(
+        "eval", "ppl", "--model", bos_model, "--corpus", corpus_files.folder, "--lengths", "128",
+        "--mode", "sliding", "--stride", "127", "--device", "cpu",
+    )  # fmt: skip
+    assert_clean_error(result, "--stride must be between 1 and 126", "127 tokens of text after its leading special")
