@@ -183,19 +183,35 @@ def completed_records(path: Path, steps: int) -> list[dict] | None:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the FLOPs per token need of the model: its weights, layers and attention width."""
+    """What the FLOPs per token need of the model: its weights, layers and attention width, and which layers
+    attend through a sliding window (Gemma 3's local layers) and how wide it is."""
 
     params: int
     layers: int
     d_attn: int
+    sliding_layers: int = 0
+    window: int | None = None
 
     @classmethod
     def of(cls, config, params: int) -> ModelShape:
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(params, config.num_hidden_layers, config.num_attention_heads * head_dim)
+        window = getattr(config, "sliding_window", None)
+        layer_types = getattr(config, "layer_types", None) or []
+        sliding = sum(kind == "sliding_attention" for kind in layer_types) if window else 0
+        return cls(params, config.num_hidden_layers, config.num_attention_heads * head_dim, sliding, window)
 
     def train_flops_per_token(self, length: int) -> float:
-        return 3 * (2 * self.params + 2 * self.layers * self.d_attn * length)
+        # Attention costs 4·d_attn per key a token attends to (scores and values). Causally a full layer's
+        # tokens attend to L/2 keys on average (REFERENCE.md's 2·n_layers·d_attn·L); a sliding layer's to
+        # min(i + 1, W) keys, W - W²/2L on average (continuous, as L/2 is), which is L/2 again when W ≥ L.
+        def keys(window: int) -> float:
+            span = min(window, length)
+            return span - span * span / (2 * length)
+
+        full = self.layers - self.sliding_layers
+        attended = full * keys(length) + self.sliding_layers * keys(self.window or length)
+        return 3 * (2 * self.params + 4 * self.d_attn * attended)
 
 
 def throughput_row(records: list[dict], length: int, gpus: int, warmup_steps: int, shape: ModelShape) -> dict:

@@ -15,6 +15,8 @@
 #     gemma-summary one summary.md of every gemma row measured so far (the gemma groups end with it)
 #     ulysses       a 7B Llama-2 shape (random weights) fine-tuned at 64k and 128k on two GPUs, with and without
 #                   --sequence-parallel 2: tokens/s per GPU, MFU, peak memory (or the out-of-memory it hits)
+#     gemma-ulysses gemma3-270m fine-tuned at 128k on two GPUs, with and without --sequence-parallel 2 (its 4
+#                   heads and 1 key/value head allow 2): tokens/s per GPU, MFU, peak memory
 #     engine-7b     the search engine's seconds per candidate for the 7B shape at 32k, 64k, 128k on one GPU
 #     DATA_DIR  folder with books-dev.jsonl.gz and proofs-dev.jsonl.gz (default .device/data)
 #     WORK_DIR  models and scratch (default /tmp/ropext-long)
@@ -70,9 +72,21 @@ case $group in
         --corpus "$data/books-dev.jsonl.gz" --lengths 64k,128k --steps 6 --gpus 2 --out-dir "$work/ft-sp$sp" \
         --summary "$out/ulysses-7b-sp$sp.md" -- --init random --no-save-model --sequence-parallel "$sp" || true
     done ;;
+  gemma-ulysses)
+    [ -f "$work/gemma-yarn-128k.yaml" ] || python3 -m ropext search --model gemma3-270m --method yarn -t 128k \
+      --out "$work/gemma-yarn-128k.yaml"
+    for sp in 2 1; do
+      if complete "$out/gemma-ulysses-sp$sp.json" 128k 2; then
+        echo "gemma-ulysses: $out/gemma-ulysses-sp$sp.json has 128k; skipping --sequence-parallel $sp"; continue
+      fi
+      python3 bench/finetune_throughput.py --model gemma3-270m --factors "$work/gemma-yarn-128k.yaml" \
+        --corpus "$data/books-dev.jsonl.gz" --lengths 128k --steps 6 --gpus 2 --out-dir "$work/gemma-ft-sp$sp" \
+        --summary "$out/gemma-ulysses-sp$sp.md" -- --no-save-model --sequence-parallel "$sp" || true
+    done ;;
   engine-7b)
     [ -d "$work/l7b" ] || python3 bench/model_shape.py llama2-7b --out "$work/l7b"
     python3 bench/search.py engine --model "$work/l7b" --corpus "$data/books-dev.jsonl.gz" --out-dir "$out/engine-7b" \
       --init random --samples 1 --candidates 2 --backends auto --no-naive --engine-lengths 32k,64k,128k ;;
-  *) echo "unknown group $group: gemma-closed, gemma-dcis, gemma-dcis-untuned, gemma-summary, ulysses or engine-7b" >&2; exit 2 ;;
+  *) echo "unknown group $group: gemma-closed, gemma-dcis, gemma-dcis-untuned, gemma-summary, ulysses, gemma-ulysses or engine-7b" >&2
+     exit 2 ;;
 esac

@@ -605,11 +605,10 @@ def _load_model(plan: Plan, config: dict[str, Any], dtype: Any) -> tuple[Any, An
     zero3_loading = HfDeepSpeedConfig(json.loads(json.dumps(config)))
     try:
         model_config = AutoConfig.from_pretrained(plan.source.path, **plan.source.pretrained_kwargs())
-        attn = plan.request.attn
-        if plan.request.sequence_parallel == 1:
-            # sdpa on a model with sliding layers becomes ropext_sdpa (no length x length mask), as in evaluation;
-            # Ulysses wraps transformers' own "sdpa", so a sequence-parallel run keeps it.
-            attn = attention_implementation(model_config, attn)
+        # sdpa on a model with sliding layers becomes ropext_sdpa (no length x length mask), as in evaluation. With
+        # --sequence-parallel, Ulysses wraps it too: Ulysses drops every mask, and ropext_sdpa is what still keeps
+        # a sliding layer to its window then (plain sdpa would let it attend over the whole gathered window).
+        attn = attention_implementation(model_config, plan.request.attn)
         if plan.request.init == "random":
             # from_config initialises under deepspeed.zero.Init too (HfDeepSpeedConfig is alive), so a model
             # larger than one GPU is created already partitioned.
@@ -630,7 +629,10 @@ def _sequence_parallel(model: Any, plan: Plan, world: World) -> tuple[Any, Seque
     size = plan.request.sequence_parallel
     if size == 1:
         return None, None
-    mpu = register_ulysses(model, size, plan.micro_batch, plan.request.train_length, plan.request.attn)
+    # the implementation the model was loaded with (ropext_sdpa for sdpa on a sliding-window model): DeepSpeed
+    # wraps that one, and refuses a name other than the model's
+    attn = model.config._attn_implementation
+    mpu = register_ulysses(model, size, plan.micro_batch, plan.request.train_length, attn)
     group = SequenceGroup(mpu.get_sequence_parallel_group(), mpu.get_sequence_parallel_rank(), size)
     # The data order (_optimizer_step) assumes DeepSpeed's layout: groups of consecutive ranks.
     assert group.rank == split_world(world.rank, world.size, size)[2], (group.rank, world.rank, size)

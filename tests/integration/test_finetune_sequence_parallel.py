@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from integration_support import CorpusFiles, assert_clean_error, assert_ok, run_cli, run_cli_subprocess
+from integration_support import (
+    HEAD_DIM,
+    ORIGINAL_CONTEXT,
+    CorpusFiles,
+    assert_clean_error,
+    assert_ok,
+    run_cli,
+    run_cli_subprocess,
+)
 from safetensors.torch import load_file
 
 from ropext.methods import METHODS
@@ -101,6 +109,47 @@ def test_two_processes_train_like_one(inputs: dict, tmp_path: Path) -> None:
     assert single.keys() == parallel.keys()
     moved = max(float((single[k] - before[k]).abs().max()) for k in single if k in before)
     assert moved > 1e-3
+    for key in single:
+        torch.testing.assert_close(parallel[key], single[key], rtol=0, atol=WEIGHT_ATOL, msg=key)
+
+
+SLIDING_WINDOW = 16
+"""Far below TRAIN_LENGTH: a local layer that attended over the whole window would change every loss."""
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A random Gemma 3 (sliding-window local layers, one key/value head) with the tiny tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    config = Gemma3TextConfig(
+        vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"], sliding_window=SLIDING_WINDOW,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=HEAD_DIM, max_position_embeddings=ORIGINAL_CONTEXT,
+        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0, initializer_range=0.1,
+        bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_sliding_window_layers_keep_their_window_across_the_group(
+    inputs: dict, tiny_gemma: Path, tmp_path: Path
+) -> None:
+    """Ulysses drops attention masks; Gemma's local layers must still see only their window of the gathered
+    sequence, so two processes train the tiny Gemma as one does (with plain sdpa they attended everywhere)."""
+    _, layout = load_layout(str(tiny_gemma))
+    factors = tmp_path / "gemma-yarn-1k.yaml"
+    METHODS.get("yarn")(layout, 1024).save(factors)
+    gemma = {**inputs, "model": tiny_gemma, "factors": factors}
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert_ok(run_cli_subprocess(*_command(gemma, one)))
+    _launch_two(_command(gemma, two, "--sequence-parallel", "2"))
+    assert _losses(two) == pytest.approx(_losses(one), rel=LOSS_RTOL)
+    single, parallel = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     for key in single:
         torch.testing.assert_close(parallel[key], single[key], rtol=0, atol=WEIGHT_ATOL, msg=key)
 

@@ -96,6 +96,31 @@ def test_throughput_row_is_the_median_after_the_warmup(throughput, tmp_path) -> 
     assert row["mfu"] == pytest.approx(flops * 2500.0 / 989e12)
 
 
+def test_sliding_layers_count_the_keys_of_their_window(throughput) -> None:
+    full = throughput.ModelShape(params=0, layers=3, d_attn=256)
+    gemma = throughput.ModelShape(params=0, layers=3, d_attn=256, sliding_layers=2, window=512)
+    length = 131072
+    # a full layer: L/2 keys per token on average; a sliding one: W - W²/2L (keys min(i + 1, W) at position i)
+    average = sum(min(i + 1, 512) for i in range(length)) / length
+    # (the formula is the continuous average, as L/2 is: within W/2L of the count)
+    assert 512 - 512 * 512 / (2 * length) == pytest.approx(average, rel=1e-5)
+    assert gemma.train_flops_per_token(length) == pytest.approx(3 * 4 * 256 * (length / 2 + 2 * average), rel=1e-5)
+    assert full.train_flops_per_token(length) == pytest.approx(3 * 2 * 3 * 256 * length)
+    # a window at least as long as the input is a full layer
+    assert gemma.train_flops_per_token(512) == pytest.approx(full.train_flops_per_token(512))
+
+
+def test_the_shape_of_a_gemma3_config(throughput) -> None:
+    from transformers import Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        num_hidden_layers=6, num_attention_heads=4, head_dim=256, sliding_window=512,
+        layer_types=["sliding_attention"] * 5 + ["full_attention"],
+    )  # fmt: skip
+    shape = throughput.ModelShape.of(config, 270_000_000)
+    assert (shape.layers, shape.d_attn, shape.sliding_layers, shape.window) == (6, 1024, 5, 512)
+
+
 def test_out_of_memory_is_told_apart_from_other_failures(throughput) -> None:
     torch_oom = (
         "finetune: 1/6 (17%)\nTraceback (most recent call last):\n"
