@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 13's GPU measurements. One group per GPU; every stage resumes (result files, search journals, fine-tune
 # checkpoints, the summaries below), so a group cut short is rerun as it was and does only what is missing.
-# Measured so far (bench/results/long-context-h200, with round 3's retrieval results in retrieval-v3-h200): ulysses
-# (both rows) and engine-7b. The Gemma groups' rows are still to come (two runs set aside: docs/results.md).
+# Measured (bench/results/long-context-h200; docs/results.md): ulysses (both rows), engine-7b, gemma-closed,
+# gemma-dcis and gemma-dcis-untuned (2 x H200). Not yet measured: gemma-ulysses (its first run was cut short).
 #
 #   bench/long_context_matrix.sh GROUP [DATA_DIR] [WORK_DIR]
 #     gemma-closed  gemma3-270m as it is and with YaRN 32k -> 128k: perplexity (books, proofs), passkey, RULER
