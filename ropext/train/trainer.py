@@ -75,6 +75,7 @@ from ropext.train.sequence_parallel import (
     register_ulysses,
     split_world,
 )
+from ropext.train.shared_memory import release_allreduce_buffer
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -516,6 +517,8 @@ def _init_deepspeed(world: World) -> bool:
     if not cpu:
         accelerator.set_device(world.local_rank)
     deepspeed.init_distributed(dist_backend="gloo" if cpu else None, verbose=False)
+    if cpu and world.size > 1:
+        release_allreduce_buffer(world.rank)
     return cpu
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from ropext.methods import METHODS
 from ropext.model.loading import load_layout
+from ropext.train.shared_memory import allreduce_buffer
 
 TRAIN_LENGTH = 128
 STEPS = 2
@@ -91,6 +92,9 @@ def _launch_two(arguments: list[str]) -> None:
     outputs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
+    # DeepSpeed's CPU all-reduce buffers of this launch are gone with its processes (it never unlinks them)
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    assert [allreduce_buffer(rank, env) for rank in range(2) if allreduce_buffer(rank, env).exists()] == []
 
 
 def _losses(out: Path) -> list[float]:

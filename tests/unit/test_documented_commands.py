@@ -39,6 +39,8 @@ ELLIPSIS = ("...", "…")
 """Stand for options shown elsewhere (``ropext finetune ... --gpus 2``): dropped, the rest is parsed.
 A line that ends in an option without its value (``ropext eval ppl --corpus``) names the option: it gets a dummy
 value."""
+SHELL_OPERATORS = {"&", "&&", "|", "||", ";", ">", ">>", "2>", "<"}
+"""Words after which a documented line is no longer the ropext command."""
 DUMMY = "1"
 """Value given to a required option a documented line leaves out: valid for every required option (text, paths,
 counts)."""
@@ -55,7 +57,10 @@ class DocumentedLine:
         """What follows ``ropext`` (or ``python -m ropext``, ``--module ropext``, ``-m ropext``)."""
         words = shlex.split(self.text, comments=True)
         start = next(i for i, word in enumerate(words) if word == "ropext")
-        return [word for word in words[start + 1 :] if word not in ELLIPSIS]
+        words = words[start + 1 :]
+        # the command ends where the shell goes on (`ropext ... & done`, `ropext ... 2> log`)
+        end = next((i for i, word in enumerate(words) if word in SHELL_OPERATORS), len(words))
+        return [word for word in words[:end] if word not in ELLIPSIS]
 
 
 _INLINE = re.compile(r"`([^`]+)`")
