@@ -52,6 +52,10 @@ def working_sizes(heads: int, kv_heads: int) -> list[int]:
     return [n for n in range(2, heads + 1) if heads % n == 0 and (kv_heads % n == 0 or n % kv_heads == 0)]
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def check_heads(heads: int, kv_heads: int, size: int, model: str) -> None:
     """One line naming the sizes that work when ``model``'s heads do not split ``size`` ways."""
     if size == 1 or size in working_sizes(heads, kv_heads):
@@ -59,7 +63,8 @@ def check_heads(heads: int, kv_heads: int, size: int, model: str) -> None:
     sizes = working_sizes(heads, kv_heads)
     works = f"use --sequence-parallel {' or '.join(map(str, sizes))}" if sizes else "it cannot use sequence parallelism"
     raise RopextError(
-        f"--sequence-parallel {size}: {model} has {heads} attention heads and {kv_heads} key/value heads, which "
+        f"--sequence-parallel {size}: {model} has {_count(heads, 'attention head')} and "
+        f"{_count(kv_heads, 'key/value head')}, which "
         f"do not split {size} ways (the size must divide the attention heads, and divide the key/value heads or "
         f"be a multiple of them); {works}"
     )

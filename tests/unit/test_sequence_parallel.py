@@ -38,6 +38,9 @@ def test_a_model_whose_heads_do_not_split_gets_the_sizes_that_work() -> None:
         check_heads(9, 3, 2, "m")
     with pytest.raises(RopextError, match="cannot use sequence parallelism"):
         check_heads(1, 1, 2, "m")
+    # Gemma 3 270M: one key/value head, replicated for 2 or 4
+    with pytest.raises(RopextError, match=r"4 attention heads and 1 key/value head, .*--sequence-parallel 2 or 4$"):
+        check_heads(4, 1, 3, "gemma3-270m")
 
 
 @pytest.mark.parametrize(
