@@ -10,6 +10,7 @@ one, so each rank unlinks its own then; the memory goes back when the last proce
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 SHARED_MEMORY = Path("/dev/shm")
@@ -17,7 +18,7 @@ PREFIX = "deepspeed_allreduce_buffer"
 """DeepSpeed's name for them (``SHM_BUFFER_NAME`` in its ``csrc/cpu/comm/shm.cpp``)."""
 
 
-def allreduce_buffer(rank: int, environ: os._Environ | dict[str, str] | None = None) -> Path:
+def allreduce_buffer(rank: int, environ: Mapping[str, str] | None = None) -> Path:
     """Where DeepSpeed's all-reduce buffer of ``rank`` lives, as its ``shm_initialize`` names it."""
     environ = os.environ if environ is None else environ
     address, port = environ.get("MASTER_ADDR", ""), environ.get("MASTER_PORT", "")
