@@ -79,6 +79,9 @@ from ropext.train.shared_memory import release_allreduce_buffer
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+FINISHED = "finished.json"
+"""What a run that reached --steps ended with (steps, tokens, last loss); its presence tells a finished run
+whose only other output is metrics.jsonl (--no-save-model) from one that failed before saving anything."""
 SCALING_FILE = "rope_scaling.yaml"
 SIDECAR = "ropext.json"
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
@@ -379,7 +382,8 @@ def _check_out(request: FinetuneRequest, world_size: int) -> tuple[str | None, T
     if out.exists() and not out.is_dir():
         raise RopextError(f"--out {out} is a file; give a folder for the checkpoints and the fine-tuned model")
     if not request.resume:
-        # A folder holding only the metrics of a run that failed before saving anything is started over.
+        # A folder holding only the metrics of a run that failed before saving anything is started over; a
+        # finished run always leaves FINISHED beside them, so its metrics are never overwritten.
         if out.is_dir() and any(p.name != METRICS for p in out.iterdir()):
             raise RopextError(
                 f"--out {out} already holds files; pass --resume to continue its run, or choose a new folder"
@@ -594,6 +598,9 @@ def _train(plan: Plan, world: World, console: Any) -> FinetuneResult:
             save_checkpoint(engine, plan, state, world)
         if request.save_model:
             save_pretrained(engine, model, plan, state, world)
+        if world.is_main:
+            finished = {"steps": state.step, "tokens": state.tokens, "last_loss": last_loss}
+            (request.out / FINISHED).write_text(json.dumps({**finished, "model_saved": request.save_model}) + "\n")
     finally:
         reporter.close()
     return FinetuneResult(request.out, state, first_step, last_loss, world)

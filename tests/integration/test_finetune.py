@@ -348,6 +348,11 @@ def test_random_init_trains_a_config_only_folder_without_saving_a_model(
     vocab = json.loads((shape / "config.json").read_text())["vocab_size"]
     assert abs(metrics[0]["loss"] - np.log(vocab)) < 1.0
     assert not list(out.glob("*.safetensors")) and not (out / "config.json").exists()
+    # its metrics are all it made: a second run into the same folder is refused and leaves them as they are
+    assert json.loads((out / "finished.json").read_text())["steps"] == 2
+    before = (out / "metrics.jsonl").read_text()
+    assert_clean_error(run_cli(*_finetune(inputs, out, 3)), "already holds files")
+    assert (out / "metrics.jsonl").read_text() == before
 
 
 def test_existing_output_is_not_overwritten(inputs: Inputs, tmp_path: Path) -> None:
